@@ -1,0 +1,302 @@
+"""The one place that writes and reads checkpoints.
+
+Writing: Ignite's :class:`~ignite.handlers.Checkpoint` decides *what* and *when*; :class:`AtomicSaver`
+does the disk work: temporary file, fsync, rename, fsync of the folder, a ``.sha256`` sidecar, and
+only then the removal of files that fell out of the kept set (Ignite asks to remove them first).
+
+Reading: every load is ``torch.load(weights_only=True, map_location="cpu")`` after the SHA-256 and
+the zip CRCs were checked, and the whole checkpoint is checked against the live objects before
+any of them is changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, IO, Mapping
+
+import numpy as np
+import torch
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from torch import nn
+
+from ignite_app.errors import UserError
+from ignite_app.fsutil import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
+
+CHECKPOINT_DIR = "checkpoints"
+TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"
+BEST_PATTERN = "best_model_{global_step}.{ext}"
+_TRAIN_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+SIDECAR = ".sha256"
+REQUIRED_KEYS = ("model", "optimizer", "trainer")
+FAULT_ENV = "IGNITE_APP_FAULT"  # test hook: "slow-save:SECONDS" or "enospc-save:N"
+
+
+class AtomicSaver(BaseSaveHandler):
+    """Saves what Ignite's Checkpoint hands it, crash-safely, on rank 0 only."""
+
+    def __init__(self, dirname: Path, write: bool = True) -> None:
+        self.dirname = Path(dirname)
+        self.write = write
+        self._pending_removal: list[str] = []
+        self._saves = 0
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if not self.write:
+            return
+        self._saves += 1
+        self.dirname.mkdir(parents=True, exist_ok=True)
+        path = self.dirname / filename
+        digest = atomic_write(path, lambda f: torch.save(checkpoint, _fault_wrap(f, self._saves)))
+        atomic_write_bytes(_sidecar(path), f"{digest}  {filename}\n".encode())
+        self._pending_removal = [name for name in self._pending_removal if name != filename]
+        self._remove_pending()
+
+    def remove(self, filename: str) -> None:
+        """Called by Checkpoint *before* the new save: defer until that save has succeeded."""
+        self._pending_removal.append(filename)
+
+    def _remove_pending(self) -> None:
+        for name in self._pending_removal:
+            for p in (self.dirname / name, _sidecar(self.dirname / name)):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        if self._pending_removal:
+            fsync_dir(self.dirname)
+        self._pending_removal = []
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR)
+
+
+def _fault_wrap(f: IO[bytes], save_number: int) -> IO[bytes]:
+    """Test hook (``IGNITE_APP_FAULT``): slow writes so a kill lands mid-save, or a full disk."""
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, value = spec.partition(":")
+    if kind == "slow-save":
+        return _SlowWriter(f, float(value))
+    if kind == "enospc-save" and save_number >= int(value):
+        return _FullDiskWriter(f)
+    return f
+
+
+class _SlowWriter:
+    def __init__(self, raw: IO[bytes], seconds: float) -> None:
+        self.raw, self.seconds = raw, seconds
+
+    def write(self, data: bytes) -> int:
+        n = self.raw.write(data)
+        self.raw.flush()
+        time.sleep(self.seconds / 10)
+        return n
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _FullDiskWriter:
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class RNGState:
+    """The torch, CUDA, numpy and Python RNG states, stored as tensors and plain numbers."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Capture every global RNG the training step can draw from."""
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        version, py_state, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss),
+            "numpy_cached_gaussian": float(cached),
+            "python_version": int(version),
+            "python_state": torch.tensor(py_state, dtype=torch.int64),
+            "python_gauss": gauss,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the RNGs; CUDA states are skipped on a machine without the same GPUs."""
+        torch.set_rng_state(state["torch"].cpu())
+        cuda = state.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        keys = state["numpy_keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
+        random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
+
+
+class GradState:
+    """Accumulated gradients, saved only when ``--grad-accum`` > 1 (a save may fall mid-window)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Gradients by parameter name (missing ones are absent)."""
+        return {n: p.grad.detach().clone() for n, p in _unwrap(self.model).named_parameters() if p.grad is not None}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put saved gradients back on their parameters."""
+        for name, param in _unwrap(self.model).named_parameters():
+            param.grad = state[name].to(param.device).clone() if name in state else None
+
+
+@dataclass
+class Meta:
+    """Plain facts about a checkpoint, checked before anything is loaded."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The facts as a dict of plain values."""
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Meta is only read, never restored."""
+
+
+def make_train_checkpoint(to_save: Mapping[str, Any], saver: AtomicSaver, n_saved: int) -> Checkpoint:
+    """The resumable checkpoint, named by iteration, keeping the newest ``n_saved``."""
+    return Checkpoint(
+        to_save, saver, n_saved=n_saved, include_self=True, filename_pattern=TRAIN_PATTERN,
+        global_step_transform=lambda engine, _: engine.state.iteration,
+    )
+
+
+def make_best_checkpoint(model: nn.Module, meta: Meta, saver: AtomicSaver, global_step: Any) -> Checkpoint:
+    """The model with the lowest validation loss so far (one file)."""
+    return Checkpoint(
+        {"model": model, "meta": meta}, saver, n_saved=1, filename_pattern=BEST_PATTERN,
+        score_function=lambda engine: -float(engine.state.metrics["loss"]), score_name="neg_val_loss",
+        global_step_transform=global_step,
+    )
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any]:
+    """Verify and load one checkpoint file safely; raises :class:`CheckpointError` with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    sidecar = _sidecar(path)
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        if sha256_file(path) != expected:
+            raise CheckpointError(f"{path}: SHA-256 does not match {sidecar.name} (the file is damaged or was changed)")
+    elif require_checksum:
+        raise CheckpointError(f"{path}: no {sidecar.name} (its save was interrupted)")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise CheckpointError(f"{path}: the archive is damaged ({exc})") from None
+        if bad is not None:
+            raise CheckpointError(f"{path}: CRC check failed for {bad} (the file is damaged)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for unsafe payloads, RuntimeError for truncation, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an ignite_app checkpoint (expected a dict, found {type(state).__name__})")
+    return state
+
+
+def require_keys(state: Mapping[str, Any], keys: tuple[str, ...], path: Path) -> None:
+    """Check that a loaded checkpoint holds ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a resumable ignite_app checkpoint (missing {', '.join(missing)})")
+
+
+def check_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Check parameter names and shapes against ``model`` before loading anything."""
+    own = _unwrap(model).state_dict()
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: the model entry is not a state dict")
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(f"{path}: the checkpoint is for another model architecture ({detail}); use a checkpoint of this model")
+    for name, tensor in own.items():
+        saved = state[name]
+        if not isinstance(saved, torch.Tensor) or saved.shape != tensor.shape:
+            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise CheckpointError(
+                f"{path}: parameter {name} has shape {got} in the checkpoint but {tuple(tensor.shape)} in the model; "
+                "use a checkpoint of this model"
+            )
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], path: Path) -> None:
+    """Check the optimizer's group layout and per-parameter state shapes."""
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        raise CheckpointError(f"{path}: the optimizer state does not fit this optimizer's parameter groups")
+    own_keys = {k for g in optimizer.param_groups for k in g if k != "params"}
+    for own, saved in zip(optimizer.param_groups, groups):
+        if len(saved.get("params", [])) != len(own["params"]) or set(saved) - {"params"} != own_keys:
+            raise CheckpointError(f"{path}: the optimizer state is for another optimizer or model layout")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    ids = [i for g in groups for i in g["params"]]
+    for pid, param in zip(ids, params):
+        for key, value in state.get("state", {}).get(pid, {}).items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                raise CheckpointError(f"{path}: optimizer state {key!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+
+
+def train_checkpoints(run_dir: Path) -> list[Path]:
+    """Resumable checkpoints in a run directory, newest (highest iteration) first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_*.pt") if (m := _TRAIN_NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The best-model file of a run, if there is one."""
+    found = sorted((Path(run_dir) / CHECKPOINT_DIR).glob("best_model_*.pt"))
+    return found[-1] if found else None
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove temporary files left by an interrupted save."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return remove_stale_temporaries(folder) if folder.is_dir() else []
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module behind DDP and torch.compile wrappers."""
+    return _unwrap(model)

@@ -1,0 +1,170 @@
+"""The ``ignite-app`` command line. Imports nothing heavy until a command runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ignite_app import __version__
+from ignite_app.config import (
+    AMP_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
+    default_of, default_output_dir, load_yaml, parse_duration,
+)
+from ignite_app.errors import AppError, UserError
+
+
+def _d(key: str) -> str:
+    return f" [default: {default_of(key)}]"
+
+
+TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the same keys as these options; flags override it."),
+    click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + _d("device")),
+    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + _d("dataset")),
+    click.option("--target", help="CSV target column, by name or index. [default: last column]"),
+    click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + _d("task")),
+    click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),
+    click.option("--epochs", type=int, help="Maximum number of epochs." + _d("epochs")),
+    click.option("--batch-size", type=int, help="Batch size per process (global batch = this x processes)." + _d("batch_size")),
+    click.option("--lr", type=float, help="Learning rate." + _d("lr")),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer." + _d("optimizer")),
+    click.option("--weight-decay", type=float, help="Weight decay." + _d("weight_decay")),
+    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning-rate schedule over the run." + _d("lr_schedule")),
+    click.option("--seed", type=int, help="Seed for initialisation, shuffling and dropout." + _d("seed")),
+    click.option("--patience", type=int, help="Early stopping: epochs without val-loss improvement; 0 turns it off." + _d("patience")),
+    click.option("--num-workers", type=int, help="DataLoader worker processes." + _d("num_workers")),
+    click.option("--n-saved", type=int, help="How many training checkpoints to keep." + _d("n_saved")),
+    click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
+    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file."),
+    click.option("--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"),
+    click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + _d("log_every")),
+    click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + _d("amp")),
+    click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format for image models."),
+    click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
+    click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + _d("grad_accum")),
+    click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value (after unscaling)."),
+    click.option("--deterministic/--no-deterministic", default=None, help="Deterministic kernels (slower on GPU; CPU runs are exact anyway)."),
+    click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
+    click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
+    click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+]
+
+
+def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply every training option to a click command."""
+    for option in reversed(TRAIN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ignite-app")
+def main() -> None:
+    """Train supervised PyTorch models on pytorch-ignite, and look at the runs."""
+
+
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@train_options
+@click.pass_context
+def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
+    """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
+    flags["compile"] = compile_
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    code = guarded(lambda: _train(config_file, explicit))
+    sys.exit(code)
+
+
+main.add_command(train_command)
+
+
+def guarded(action: Callable[[], int]) -> int:
+    """Run ``action``; user errors become one line on stderr and their exit code, never a traceback."""
+    try:
+        return action()
+    except AppError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return exc.exit_code
+
+
+def _train(config_file: str | None, flags: dict[str, Any]) -> int:
+    cfg = resolve_train_config(config_file, flags)
+    # Ignite logs every exception it re-raises; we report errors ourselves, in one line.
+    logging.getLogger("ignite").setLevel(logging.CRITICAL)
+    from ignite_app.distributed import launch  # heavy imports only once we really train
+
+    return launch(cfg)
+
+
+def resolve_train_config(config_file: str | None, flags: dict[str, Any]) -> Config:
+    """Config from (the resumed run's config.yaml), the --config file and the flags, in that order."""
+    file_values = load_yaml(config_file) if config_file else {}
+    if isinstance(flags.get("time_limit"), str):
+        flags["time_limit"] = parse_duration(flags["time_limit"])
+    resume = flags.get("resume") or file_values.get("resume")
+    if resume:
+        return _resume_config(Path(resume), file_values, flags)
+    cfg = build_config(file_values, flags)
+    out = cfg.output_dir or _free_default_dir(cfg.dataset)
+    _refuse_existing_run(Path(out))
+    return cfg.replace(output_dir=out)
+
+
+def run_dir_of(resume: Path) -> Path:
+    """The run directory that a --resume path points into."""
+    if not resume.exists():
+        raise UserError(f"--resume {resume}: no such file or directory")
+    if resume.is_dir():
+        run_dir = resume
+    elif resume.parent.name == "checkpoints":
+        run_dir = resume.parent.parent
+    else:
+        raise UserError(f"--resume {resume}: a checkpoint file must sit in a run's checkpoints/ folder; pass the run directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--resume {resume}: {run_dir} holds no config.yaml, so it is not a run directory of ignite-app")
+    return run_dir
+
+
+def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> Config:
+    run_dir = run_dir_of(resume)
+    saved = load_yaml(run_dir / "config.yaml")
+    saved_cfg = build_config(saved, {})
+    asked = {**file_values, **flags}
+    out = asked.get("output_dir")
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
+    cfg = build_config(saved, {**asked, "output_dir": str(run_dir), "resume": str(resume)})
+    changed = [k for k in RESUME_FIXED_KEYS if getattr(cfg, k) != getattr(saved_cfg, k)]
+    if changed:
+        key = changed[0]
+        raise UserError(
+            f"--{key.replace('_', '-')} cannot change when resuming (run has {getattr(saved_cfg, key)!r}, "
+            f"asked {getattr(cfg, key)!r}); start a new run with --output-dir instead"
+        )
+    return cfg
+
+
+def _free_default_dir(dataset: str) -> str:
+    base = default_output_dir(dataset)
+    candidate, n = base, 1
+    while Path(candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _refuse_existing_run(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(
+            f"{out} already holds files; continue that run with --resume {out}, "
+            "or choose another --output-dir"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

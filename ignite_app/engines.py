@@ -1,0 +1,157 @@
+"""The trainer and the evaluator, from Ignite's supervised factories.
+
+Ignite's ``create_supervised_trainer`` runs the step (zero_grad, batch to the device, forward,
+loss, backward, step, gradient accumulation). We only plug its documented hooks:
+``prepare_batch`` (device, channels_last, regression target shape), ``model_fn`` (autocast)
+and ``output_transform`` (keep the loss on the device: no host sync per iteration).
+Gradient clipping runs as an optimizer step pre-hook, so it sees unscaled gradients.
+fp16 needs a GradScaler, which Ignite's factory only offers on CUDA: that one case uses
+:func:`scaled_training_step`, built the same way, on CPU and CUDA alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from ignite.engine import Engine, create_supervised_evaluator, create_supervised_trainer
+from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
+from torch import nn
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loss_for(task: str) -> nn.Module:
+    """CrossEntropyLoss for classification, MSELoss for regression."""
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def metrics_for(task: str, device: torch.device) -> dict[str, Metric]:
+    """Validation metrics: loss and accuracy, or loss and MAE."""
+    metrics: dict[str, Metric] = {"loss": Loss(loss_for(task), device=device)}
+    if task == "classification":
+        metrics["accuracy"] = Accuracy(device=device)
+    else:
+        metrics["mae"] = MeanAbsoluteError(device=device)
+    return metrics
+
+
+def make_prepare_batch(task: str, channels_last: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """Move ``(x, y)`` to the device; (N,) regression targets become (N, 1) like the model output."""
+
+    def prepare(batch: Sequence[torch.Tensor], device: Any = None, non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        x = x.to(device=device, non_blocking=non_blocking)
+        y = y.to(device=device, non_blocking=non_blocking)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if task == "regression":
+            y = y.float()
+            if y.ndim == 1:
+                y = y.unsqueeze(1)
+        return x, y
+
+    return prepare
+
+
+def make_model_fn(device: torch.device, amp: str) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Forward pass, under autocast when ``amp`` asks for it; the output is cast back to fp32 for the loss."""
+    if amp == "off":
+        return lambda model, x: model(x)
+    dtype = AMP_DTYPES[amp]
+
+    def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            out = model(x)
+        return out.float()
+
+    return forward
+
+
+def keep_loss_on_device(x: Any, y: Any, y_pred: Any, loss: torch.Tensor) -> torch.Tensor:
+    """``output_transform`` that returns the detached loss tensor instead of ``loss.item()``."""
+    return loss.detach()
+
+
+def add_gradient_clipping(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the global gradient norm just before every optimizer step (after any unscaling)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def clip(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    optimizer.register_step_pre_hook(clip)
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 only: bf16 and fp32 keep the fp32 exponent range."""
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
+def build_trainer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: str,
+    device: torch.device,
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+    grad_accum: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Engine:
+    """The training engine; its output is the batch loss as a device tensor."""
+    prepare = make_prepare_batch(task, channels_last)
+    model_fn = make_model_fn(device, amp)
+    non_blocking = device.type == "cuda"
+    if scaler is not None:
+        step = scaled_training_step(model, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking)
+        return Engine(step)
+    return create_supervised_trainer(
+        model, optimizer, loss_for(task), device=device, non_blocking=non_blocking,
+        prepare_batch=prepare, output_transform=keep_loss_on_device,
+        gradient_accumulation_steps=grad_accum, model_fn=model_fn,
+    )
+
+
+def scaled_training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    model_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    scaler: torch.amp.GradScaler,
+    grad_accum: int,
+    non_blocking: bool,
+) -> Callable[[Engine, Any], torch.Tensor]:
+    """Ignite's supervised step with a GradScaler that works on any device (fp16 autocast)."""
+
+    def update(engine: Engine, batch: Any) -> torch.Tensor:
+        if (engine.state.iteration - 1) % grad_accum == 0:
+            optimizer.zero_grad()
+        model.train()
+        x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
+        loss = loss_fn(model_fn(model, x), y)
+        scaler.scale(loss / grad_accum).backward()
+        if engine.state.iteration % grad_accum == 0:
+            scaler.step(optimizer)  # unscales first, so the clipping pre-hook sees true gradients
+            scaler.update()
+        return loss.detach()
+
+    return update
+
+
+def build_evaluator(
+    model: nn.Module,
+    task: str,
+    device: torch.device,
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> Engine:
+    """The ``no_grad`` evaluation engine with the task's metrics attached."""
+    autocast = make_model_fn(device, amp)
+    return create_supervised_evaluator(
+        model, metrics=metrics_for(task, device), device=device, non_blocking=device.type == "cuda",
+        prepare_batch=make_prepare_batch(task, channels_last), model_fn=autocast,
+    )

@@ -1,0 +1,34 @@
+"""Errors that end a run, each with the exit code the command returns for it."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+EXIT_DISK_FULL = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class AppError(Exception):
+    """A failure the user can act on: printed as one line, never as a traceback."""
+
+    exit_code = 1
+
+
+class UserError(AppError):
+    """Bad input: an option, a file, a dataset or a checkpoint that does not fit (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NonFiniteLossError(AppError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept (exit code 3)."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class DiskFullError(AppError):
+    """A checkpoint could not be written for lack of space; the previous one is kept (exit code 4)."""
+
+    exit_code = EXIT_DISK_FULL

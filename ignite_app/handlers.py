@@ -1,0 +1,162 @@
+"""Handlers, each a small ``attach_*`` function or callable that can be tested on a tiny engine."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping
+
+from ignite_app.errors import NonFiniteLossError
+
+
+class LossTracker:
+    """Keeps each iteration's loss on the device and reads them on the host every ``check_every`` iterations.
+
+    It finds the first non-finite loss (with its iteration) and the epoch's mean training loss,
+    without a host-device sync per iteration on GPUs.
+    """
+
+    def __init__(self, check_every: int, device: torch.device) -> None:
+        self.window = torch.zeros(check_every, device=device)
+        self.filled = 0
+        self.total = 0.0
+        self.count = 0
+
+    def record(self, engine: Engine) -> None:
+        """ITERATION_COMPLETED: store the loss; check the window when it is full."""
+        self.window[self.filled].copy_(engine.state.output)
+        self.filled += 1
+        if self.filled == len(self.window):
+            self.check(engine)
+
+    def check(self, engine: Engine) -> None:
+        """Read the stored losses; raise :class:`NonFiniteLossError` at the first NaN or inf."""
+        if self.filled == 0:
+            return
+        values = self.window[: self.filled].tolist()  # the one host sync per window
+        first = engine.state.iteration - self.filled + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at iteration {first + offset} (epoch {engine.state.epoch}); "
+                    "the last good checkpoint is kept: lower --lr or use --clip-grad-norm"
+                )
+        self.total += sum(values)
+        self.count += len(values)
+        self.filled = 0
+
+    def start_epoch(self, engine: Engine) -> None:
+        """EPOCH_STARTED: a fresh epoch mean (not on a mid-epoch resume, whose partial sums were restored)."""
+        if (engine.state.iteration % engine.state.epoch_length) == 0:
+            self.total, self.count, self.filled = 0.0, 0, 0
+
+    def end_epoch(self, engine: Engine) -> None:
+        """EPOCH_COMPLETED: publish the epoch's mean loss as ``train_loss``."""
+        self.check(engine)
+        engine.state.metrics["train_loss"] = self.total / max(self.count, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Partial epoch sums, so a mid-epoch resume reports the same epoch mean."""
+        return {"window": self.window.detach().cpu().clone(), "filled": self.filled, "total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the partial sums."""
+        self.window.copy_(state["window"])
+        self.filled, self.total, self.count = int(state["filled"]), float(state["total"]), int(state["count"])
+
+
+def attach_loss_tracker(trainer: Engine, tracker: LossTracker) -> None:
+    """Wire a :class:`LossTracker` to the trainer's events."""
+    trainer.add_event_handler(Events.EPOCH_STARTED, tracker.start_epoch)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, tracker.record)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, tracker.end_epoch)
+
+
+def attach_validation(trainer: Engine, evaluator: Engine, val_loader: Any) -> None:
+    """Run the evaluator over the validation data at every EPOCH_COMPLETED."""
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
+
+
+def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int) -> EarlyStopping:
+    """Stop when validation loss has not improved for ``patience`` evaluations.
+
+    Registered on the evaluator's COMPLETED directly: ``EarlyStopping.attach`` would reset it at every run.
+    """
+    stopper = EarlyStopping(patience=patience, score_function=lambda e: -float(e.state.metrics["loss"]), trainer=trainer)
+    evaluator.add_event_handler(Events.COMPLETED, stopper)
+    return stopper
+
+
+def format_epoch_line(epoch: int, max_epochs: int, train_loss: float, metrics: dict[str, float], seconds: float) -> str:
+    """One line per epoch: epoch, training loss and validation metrics."""
+    parts = [f"epoch {epoch:>3}/{max_epochs}", f"train_loss {train_loss:.4f}"]
+    parts += [f"val_{name} {value:.4f}" for name, value in metrics.items()]
+    parts.append(f"{seconds:.1f}s")
+    return "  ".join(parts)
+
+
+def attach_epoch_summary(trainer: Engine, evaluator: Engine, write: Callable[[str], None]) -> None:
+    """Print the epoch line after validation."""
+
+    def summary(engine: Engine) -> None:
+        line = format_epoch_line(
+            engine.state.epoch, engine.state.max_epochs, engine.state.metrics.get("train_loss", float("nan")),
+            dict(evaluator.state.metrics), engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0,
+        )
+        write(line)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, summary)
+
+
+class StopSignal:
+    """SIGTERM and SIGINT only set a flag; a second Ctrl-C exits at once. Also a wall-clock limit."""
+
+    def __init__(self, time_limit: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.signum: int | None = None
+        self.clock = clock
+        self.deadline = None if time_limit is None else clock() + time_limit
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Take over SIGTERM and SIGINT (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def uninstall(self) -> None:
+        """Give the signals back to their previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            sys.stderr.write("\nsecond Ctrl-C: exiting now\n")
+            os._exit(130)
+        if self.signum is None:
+            self.signum = signum
+
+    def reason(self) -> str | None:
+        """``"SIGTERM"``, ``"SIGINT"``, ``"time-limit"`` or None."""
+        if self.signum is not None:
+            return signal.Signals(self.signum).name
+        if self.deadline is not None and self.clock() >= self.deadline:
+            return "time-limit"
+        return None
+
+
+def attach_stop(trainer: Engine, should_stop: Callable[[], bool], on_stop: Callable[[Engine], None], every: int = 1) -> None:
+    """At iteration boundaries (every ``every``-th), call ``on_stop`` and terminate once ``should_stop()``."""
+
+    def check(engine: Engine) -> None:
+        if engine.state.iteration % every == 0 and should_stop():
+            on_stop(engine)
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, check)

@@ -1,0 +1,102 @@
+"""Built-in models and the user's own ``nn.Module`` by import path. Modules only: no I/O here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ignite_app.data import DataSpec
+from ignite_app.errors import UserError
+from ignite_app.imports import import_object
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron over the flattened input."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """A small conv net for (channels, height, width) inputs of any size."""
+
+    def __init__(self, in_channels: int, out_features: int, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),  # any image size -> (2*width, 4, 4)
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(128, out_features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(name: str, spec: DataSpec) -> nn.Module:
+    """The model ``--model`` names, sized from the data (``auto``: CNN for images, else MLP)."""
+    if name == "auto":
+        name = "cnn" if spec.is_image else "mlp"
+    if name == "mlp":
+        return MLP(math.prod(spec.input_shape), spec.num_outputs)
+    if name == "cnn":
+        if not spec.is_image:
+            raise UserError(
+                f"--model cnn needs image-shaped samples (channels, height, width), but this data has shape "
+                f"{spec.input_shape}; use --model mlp"
+            )
+        return CNN(spec.input_shape[0], spec.num_outputs)
+    return _user_model(name)
+
+
+def _user_model(path: str) -> nn.Module:
+    cls = import_object(path, "--model")
+    try:
+        model = cls()
+    except Exception as exc:
+        raise UserError(f"--model {path}: {path.split(':')[1]}() failed ({type(exc).__name__}: {exc}); "
+                        "the class must build with no arguments") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {path} is not a torch.nn.Module subclass")
+    return model
+
+
+def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:
+    """Run one sample batch through the model and check the output shape, before any training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first}); "
+            "choose a model that fits the data"
+        ) from None
+    finally:
+        model.train(was_training)
+    expected = (sample.shape[0], spec.num_outputs)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"the model outputs {got} per batch but this {spec.task} data needs {expected} "
+            f"({spec.num_outputs} {'classes' if spec.task == 'classification' else 'targets'}); adjust the model"
+        )

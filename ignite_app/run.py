@@ -1,0 +1,351 @@
+"""``train(cfg)``: the short, top-to-bottom wiring of data, model, engines and handlers."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from ignite import distributed as idist
+from ignite.engine import Engine, Events
+from ignite.handlers import global_step_from_engine
+
+from ignite_app import checkpoint as ckpt
+from ignite_app.config import Config, save_yaml
+from ignite_app.data import Splits, load_splits
+from ignite_app.devices import resolve_device
+from ignite_app.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
+from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, UserError
+from ignite_app.handlers import (
+    LossTracker, StopSignal, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_stop,
+    attach_validation,
+)
+from ignite_app.loaders import EpochSampler, epoch_length, make_loader
+from ignite_app.models import build_model, check_model_fits
+from ignite_app.tblog import attach_tensorboard, open_tensorboard
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built by :func:`build_run`."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    splits: Splits
+    model: torch.nn.Module  # what the engines call (maybe DDP- or compile-wrapped)
+    optimizer: torch.optim.Optimizer
+    trainer: Engine
+    evaluator: Engine
+    train_loader: Any
+    val_loader: Any
+    train_sampler: EpochSampler
+    epoch_length: int
+    to_save: dict[str, Any]
+    tracker: LossTracker
+    scheduler: Any = None
+    stopper: Any = None
+    train_checkpoint: Any = None
+    best_checkpoint: Any = None
+    tb_logger: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_writer(self) -> bool:
+        """Only rank 0 writes files and prints progress."""
+        return idist.get_rank() == 0
+
+
+def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    device = pick_device(cfg)
+    run = build_run(cfg, device, echo)
+    resumed = restore(run, warn) if cfg.resume else None
+    if resumed is not None and resumed.finished_message:
+        echo(resumed.finished_message)
+        return EXIT_OK
+    stop = StopSignal(cfg.time_limit)
+    stop.install()
+    try:
+        if run.is_writer:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, run.run_dir / "config.yaml")
+            run.tb_logger = open_tensorboard(run.run_dir, purge_step=resumed.purge_step if resumed else None)
+            attach_tensorboard(run.tb_logger, run.trainer, run.evaluator, run.optimizer, cfg)
+        attach_checkpoint_saving(run, stop)
+        announce(run, echo, resumed)
+        if resumed is not None:
+            resumed.apply()
+        run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
+    finally:
+        stop.uninstall()
+        if run.tb_logger is not None:
+            run.tb_logger.close()
+    return finish(run, stop, echo)
+
+
+def pick_device(cfg: Config) -> torch.device:
+    """The device for this process: ``--device``, or the local GPU under torchrun."""
+    device = resolve_device(cfg.device)
+    if idist.get_world_size() > 1 and device.type == "cuda":
+        device = torch.device("cuda", idist.get_local_rank())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every global RNG; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
+    """Data, model, optimizer, engines and handlers for ``cfg``; writes nothing to disk."""
+    seed_everything(cfg.seed, cfg.deterministic)
+    splits = load_splits(cfg)
+    raw_model = build_model(cfg.model, splits.spec).to(device)
+    if cfg.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    train_sampler, val_sampler = make_samplers(cfg, splits)
+    train_loader = make_loader(splits.train, cfg.batch_size, train_sampler, in_memory=cfg.in_memory,
+                               num_workers=cfg.num_workers, device=device, seed=cfg.seed)
+    val_loader = make_loader(splits.val, cfg.batch_size, val_sampler, in_memory=cfg.in_memory,
+                             num_workers=cfg.num_workers, device=device, seed=cfg.seed)
+    check_model_fits(raw_model, splits.spec, _sample_batch(splits, device))
+    optimizer = make_optimizer(cfg, raw_model)
+    if cfg.clip_grad_norm is not None:
+        add_gradient_clipping(optimizer, cfg.clip_grad_norm)
+    model = wrap_model(raw_model, device, cfg.compile)
+    scaler = make_scaler(device, cfg.amp)
+    trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
+                            channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler)
+    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
+    length = epoch_length(train_sampler, cfg.batch_size)
+    tracker = LossTracker(1 if device.type == "cpu" else cfg.log_every, device)
+    run = Run(cfg=cfg, run_dir=Path(cfg.output_dir or "."), device=device, splits=splits, model=model,
+              optimizer=optimizer, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
+              val_loader=val_loader, train_sampler=train_sampler, epoch_length=length, to_save={}, tracker=tracker)
+    attach_training_handlers(run, raw_model, scaler, echo)
+    return run
+
+
+def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampler]:
+    """Training order from (seed, epoch), sharded over processes; validation in order, unpadded."""
+    rank, world = idist.get_rank(), idist.get_world_size()
+    train = EpochSampler(len(splits.train), cfg.seed, shuffle=True, rank=rank, world_size=world, pad=True)
+    val = EpochSampler(len(splits.val), cfg.seed, shuffle=False, rank=rank, world_size=world, pad=False)
+    return train, val
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD over the model's parameters."""
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
+    """DDP under several processes (never DataParallel), then torch.compile if asked."""
+    if idist.get_world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def _sample_batch(splits: Splits, device: torch.device) -> torch.Tensor:
+    x = splits.train[0][0]
+    return torch.as_tensor(x).unsqueeze(0).expand(2, *torch.as_tensor(x).shape).to(device)
+
+
+def attach_training_handlers(run: Run, raw_model: torch.nn.Module, scaler: Any, echo: Echo) -> None:
+    """Order matters at EPOCH_COMPLETED: loss check, validation, summary line, then the checkpoint."""
+    cfg, trainer, evaluator = run.cfg, run.trainer, run.evaluator
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, run.train_sampler, cfg.batch_size))
+    attach_loss_tracker(trainer, run.tracker)
+    if cfg.lr_schedule == "cosine":
+        run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(run.optimizer, T_max=cfg.epochs * run.epoch_length)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: run.scheduler.step())
+    attach_validation(trainer, evaluator, run.val_loader)
+    if cfg.patience > 0:
+        run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience)
+    if run.is_writer:
+        attach_epoch_summary(trainer, evaluator, echo)
+        if _progress_wanted(cfg):
+            from ignite_app.tblog import attach_progress_bar
+
+            attach_progress_bar(trainer, cfg.log_every)
+    saver = ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer)
+    meta = ckpt.Meta({"model_class": type(raw_model).__name__, "task": run.splits.spec.task,
+                      "num_outputs": run.splits.spec.num_outputs, "input_shape": list(run.splits.spec.input_shape)})
+    run.best_checkpoint = ckpt.make_best_checkpoint(raw_model, meta, saver, global_step_from_engine(trainer, Events.ITERATION_COMPLETED))
+    evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
+    run.to_save = {"model": raw_model, "optimizer": run.optimizer, "trainer": trainer, "meta": meta,
+                   "loss_tracker": run.tracker, "best_checkpointer": run.best_checkpoint}
+    optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": scaler,
+                "grads": ckpt.GradState(raw_model) if cfg.grad_accum > 1 else None}
+    run.to_save.update({k: v for k, v in optional.items() if v is not None})
+    run.to_save["rng"] = ckpt.RNGState()  # last: restored after everything else
+    run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, cfg.n_saved)
+
+
+def _progress_wanted(cfg: Config) -> bool:
+    return cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+
+
+def set_epoch_order(engine: Engine, sampler: EpochSampler, batch_size: int) -> None:
+    """EPOCH_STARTED: this epoch's order; after a mid-epoch resume, skip the batches already done."""
+    done = engine.state.iteration - (engine.state.epoch - 1) * engine.state.epoch_length
+    sampler.set_epoch(engine.state.epoch - 1, start=done * batch_size)
+
+
+def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
+    """Save at every EPOCH_COMPLETED (after validation) and when a stop is requested mid-epoch."""
+
+    def save(engine: Engine) -> None:
+        run.tracker.check(engine)  # never save weights that a non-finite loss has touched
+        if run.tb_logger is not None:
+            run.tb_logger.writer.flush()  # events up to this step must survive a kill
+        run.train_checkpoint(engine)
+
+    def save_at_epoch_end(engine: Engine) -> None:
+        save(engine)
+        if stop_requested(stop):
+            engine.terminate()
+
+    run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
+    attach_stop(run.trainer, lambda: stop_requested(stop), save, every=1)
+
+
+def stop_requested(stop: StopSignal) -> bool:
+    """Whether any process was asked to stop; all ranks agree on the same iteration."""
+    local = stop.reason() is not None
+    if idist.get_world_size() == 1:
+        return local
+    flag = idist.all_reduce(torch.tensor(int(local)), op="MAX")
+    return bool(flag.item())
+
+
+@dataclass
+class Resumed:
+    """A verified checkpoint, ready to be applied to a built run."""
+
+    path: Path
+    state: dict[str, Any]
+    to_load: dict[str, Any]
+    purge_step: int
+    finished_message: str | None = None
+
+    def apply(self) -> None:
+        """Load every object from the checkpoint (RNG last)."""
+        from ignite.handlers import Checkpoint
+
+        if self.to_load:
+            Checkpoint.load_objects(to_load=self.to_load, checkpoint=self.state)
+
+
+def restore(run: Run, warn: Echo) -> Resumed | None:
+    """Pick the newest checkpoint that verifies and check it against the run; changes nothing yet."""
+    resume = Path(run.cfg.resume)
+    if run.is_writer:
+        for stale in ckpt.clean_temporaries(run.run_dir):
+            warn(f"removed stale temporary file {stale}")
+    candidates = [resume] if resume.is_file() else ckpt.train_checkpoints(run.run_dir)
+    if not candidates:
+        warn(f"{run.run_dir} has no checkpoint yet: training it from the beginning")
+        return Resumed(path=run.run_dir, state={}, to_load={}, purge_step=1)
+    problems = []
+    for path in candidates:
+        try:
+            return verify_for_run(run, path)
+        except ckpt.CheckpointError as exc:
+            problems.append(str(exc))
+            warn(f"skipping checkpoint: {exc}")
+    raise UserError(f"no usable checkpoint in {run.run_dir}: " + "; ".join(problems))
+
+
+def verify_for_run(run: Run, path: Path) -> Resumed:
+    """Load ``path`` safely and check every part against the live objects."""
+    state = ckpt.read_checkpoint(path, require_checksum=False)
+    ckpt.require_keys(state, ckpt.REQUIRED_KEYS, path)
+    ckpt.check_model_state(run.to_save["model"], state["model"], path)
+    ckpt.check_optimizer_state(run.optimizer, state["optimizer"], path)
+    trainer_state = dict(state["trainer"])
+    if trainer_state.get("epoch_length") != run.epoch_length:
+        raise ckpt.CheckpointError(
+            f"{path}: saved with {trainer_state.get('epoch_length')} iterations per epoch, this run has {run.epoch_length} "
+            "(the data, batch size or number of processes changed)"
+        )
+    for key in ("scaler", "grads"):
+        if (key in run.to_save) != (key in state):
+            raise ckpt.CheckpointError(f"{path}: checkpoint and run disagree on {key} state (--amp or --grad-accum changed)")
+    iteration = int(trainer_state.get("iteration", 0))
+    trainer_state["max_epochs"] = max(run.cfg.epochs, iteration // run.epoch_length)
+    state = {**state, "trainer": trainer_state}
+    to_load = {k: v for k, v in run.to_save.items() if k in state and k != "meta"}
+    return Resumed(path=path, state=state, to_load=to_load, purge_step=iteration + 1,
+                   finished_message=finished_message(run, state, iteration))
+
+
+def finished_message(run: Run, state: dict[str, Any], iteration: int) -> str | None:
+    """Why there is nothing left to train, or None."""
+    epochs_done = iteration // run.epoch_length
+    if iteration >= run.cfg.epochs * run.epoch_length:
+        return (f"{run.run_dir} already completed {epochs_done} epoch(s) (--epochs {run.cfg.epochs}); "
+                "nothing to do: raise --epochs to train further")
+    stopped = state.get("early_stopping")
+    if run.stopper is not None and stopped and int(stopped.get("counter", 0)) >= run.cfg.patience:
+        return (f"{run.run_dir} was stopped early at epoch {epochs_done} (no improvement for "
+                f"{stopped['counter']} epochs); nothing to do: raise --patience to train further")
+    return None
+
+
+def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
+    """Say what is about to run."""
+    if not run.is_writer:
+        return
+    spec = run.splits.spec
+    world = idist.get_world_size()
+    batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
+    echo(f"{spec.task} on {run.cfg.dataset}: {len(run.splits.train)} train / {len(run.splits.val)} val samples, "
+         f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+    if resumed is not None and resumed.state:
+        echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
+    echo(f"writing to {run.run_dir}")
+
+
+def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
+    """Report how the run ended and return its exit code."""
+    state = run.trainer.state
+    reason = stop.reason()
+    last = ckpt.train_checkpoints(run.run_dir)
+    where = f"; checkpoint {last[0]}" if last else ""
+    if reason is not None:
+        if run.is_writer:
+            echo(f"stopped by {reason} at iteration {state.iteration} (epoch {state.epoch}){where}; "
+                 f"continue with: ignite-app train --resume {run.run_dir}")
+        return {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT}.get(reason, EXIT_OK)
+    if run.is_writer:
+        if run.stopper is not None and run.stopper.counter >= run.cfg.patience:
+            echo(f"early stopping at epoch {state.epoch}: validation loss did not improve for {run.cfg.patience} epochs")
+        best = ckpt.best_checkpoint(run.run_dir)
+        echo(f"done: {state.epoch} epoch(s){where}" + (f"; best model {best}" if best else ""))
+    return EXIT_OK
