@@ -72,6 +72,12 @@ class Config:
             _check_choice("backend", self.backend, BACKENDS)
         _check_dataset(self.dataset)
         _check_model(self.model)
+        _check_text("device", self.device, optional=False)
+        for name in ("target", "output_dir", "resume"):
+            _check_text(name, getattr(self, name), optional=True)
+        _check_flag("progress", self.progress, optional=True)
+        for name in ("channels_last", "compile", "deterministic", "in_memory"):
+            _check_flag(name, getattr(self, name), optional=False)
         _check_number("epochs", self.epochs, minimum=1)
         _check_number("batch-size", self.batch_size, minimum=1)
         _check_number("patience", self.patience, minimum=0)
@@ -126,6 +132,8 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
         )
     if isinstance(merged.get("time_limit"), str):
         merged["time_limit"] = parse_duration(merged["time_limit"])
+    if isinstance(merged.get("target"), int) and not isinstance(merged["target"], bool):
+        merged["target"] = str(merged["target"])  # YAML reads `target: 0` as a number: a column index
     for key, kind in _NUMERIC_KEYS.items():
         if key in merged and merged[key] is not None:
             merged[key] = _coerce(key, merged[key], kind)
@@ -225,6 +233,16 @@ def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
     if not ok or value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
         bound = ">= 0" if allow_zero else "> 0"
         raise UserError(f"invalid --{name} {value!r}: expected a finite number {bound}")
+
+
+def _check_text(key: str, value: Any, optional: bool) -> None:
+    if not isinstance(value, str) and not (optional and value is None):
+        raise UserError(f"invalid {_flag(key)} {value!r}: expected a string (quote it in the YAML file)")
+
+
+def _check_flag(key: str, value: Any, optional: bool) -> None:
+    if not isinstance(value, bool) and not (optional and value is None):
+        raise UserError(f"invalid {_flag(key)} {value!r}: expected true or false")
 
 
 def _check_dataset(value: Any) -> None:
