@@ -215,6 +215,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"NPZ file {str(path)!r} cannot be read ({exc}); write it with numpy.savez") from None
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
         raise UserError(f"NPZ file {str(path)!r}: x and y must be numeric arrays")
+    if x.ndim == 0 or y.ndim == 0:
+        raise UserError(f"NPZ file {str(path)!r}: x and y must hold one row per sample, not a single number")
     if len(x) != len(y):
         raise UserError(f"NPZ file {str(path)!r}: x has {len(x)} samples but y has {len(y)}; give one target per sample")
     return x.astype(np.float32), y
