@@ -66,3 +66,28 @@ def torch_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write Python source as an importable module in tmp_path (made the working directory); returns its name.
+
+    Each call gets a fresh module name, so tests never see each other's cached imports.
+    """
+    import sys
+    import textwrap
+    import uuid
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names: list[str] = []
+
+    def write(source: str, stem: str = "usermod") -> str:
+        name = f"{stem}_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
