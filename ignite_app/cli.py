@@ -61,13 +61,48 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """The same usage error without click's usage banner: one ``Error:`` line, like every other user error."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # bare ``ignite-app``: show the help, as click does
+    return click.UsageError(f"{exc.format_message()} See --help.", ctx=None)
+
+
+class OneLineCommand(click.Command):
+    """A click command whose bad options and values are reported in one line (exit code 2)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+class OneLineGroup(click.Group):
+    """A click group whose usage errors, and those of its subcommands, are one line."""
+
+    command_class = OneLineCommand
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ignite-app")
 def main() -> None:
     """Train supervised PyTorch models on pytorch-ignite, and look at the runs."""
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("train", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
 @click.pass_context
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
