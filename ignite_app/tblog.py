@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ from ignite_app.config import Config
 
 def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> TensorboardLogger:
     """A logger writing event files into ``run_dir``; ``purge_step`` hides stale steps of a resumed run."""
-    return TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30)
+    # tensorboardX names event files by the second and opens them with "wb": a resume within the same
+    # second would overwrite the earlier file. A nanosecond suffix keeps names unique and in creation order.
+    suffix = f".{time.time_ns()}"
+    return TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
 
 
 def attach_tensorboard(
