@@ -275,10 +275,13 @@ def restore(run: Run, warn: Echo) -> Resumed | None:
     problems = []
     for path in candidates:
         try:
-            return verify_for_run(run, path)
+            resumed = verify_for_run(run, path)
         except ckpt.CheckpointError as exc:
             problems.append(str(exc))
-            warn(f"skipping checkpoint: {exc}")
+            continue
+        for problem in problems:  # worth a warning only when an older checkpoint is used instead
+            warn(f"skipping checkpoint: {problem}")
+        return resumed
     raise UserError(f"no usable checkpoint in {run.run_dir}: " + "; ".join(problems))
 
 
