@@ -74,6 +74,8 @@ def collate_batch(batch: Any) -> Any:
 def load_splits(cfg: Config) -> Splits:
     """Build the train and validation data that ``cfg.dataset`` names."""
     name = cfg.dataset
+    if cfg.target is not None and not name.startswith("csv:"):
+        raise UserError(f"--target only applies to csv: datasets, not {name!r}; remove it")
     if name == "digits":
         x, y = _digits()
     elif name == "synthetic-regression":
@@ -84,8 +86,6 @@ def load_splits(cfg: Config) -> Splits:
         x, y = _read_npz(Path(name[4:]))
     else:
         return _user_splits(name, cfg.task)
-    if cfg.target is not None and not name.startswith("csv:"):
-        raise UserError("--target only applies to csv: datasets; remove it")
     return _array_splits(x, y, cfg.task, name)
 
 

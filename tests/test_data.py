@@ -48,9 +48,10 @@ def test_synthetic_regression():
     assert torch.equal(s.val.y, splits_of(dataset="synthetic-regression", seed=9).val.y)
 
 
-def test_target_is_refused_for_builtin_data():
-    with pytest.raises(UserError, match=r"--target only applies to csv: datasets; remove it"):
-        splits_of(target="0")
+@pytest.mark.parametrize("dataset", ["digits", "synthetic-regression", "npz:d.npz", "mypkg.data:get"])
+def test_target_is_refused_for_anything_but_csv(dataset):
+    with pytest.raises(UserError, match=rf"--target only applies to csv: datasets, not '{dataset}'; remove it"):
+        splits_of(dataset=dataset, target="0")
 
 
 # --- CSV ---------------------------------------------------------------------------------------
