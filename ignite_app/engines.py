@@ -49,6 +49,8 @@ def make_prepare_batch(task: str, channels_last: bool) -> Callable[..., tuple[to
             y = y.float()
             if y.ndim == 1:
                 y = y.unsqueeze(1)
+        else:
+            y = y.long()  # CrossEntropyLoss rejects int32/int16 labels; a no-op for int64
         return x, y
 
     return prepare
