@@ -92,6 +92,8 @@ def load_splits(cfg: Config) -> Splits:
 def _array_splits(x: np.ndarray, y: np.ndarray, task: str, name: str) -> Splits:
     if len(x) < 2:
         raise UserError(f"dataset {name!r} has {len(x)} sample(s); it needs at least 2 to split train/validation")
+    if not np.isfinite(x).all():
+        raise UserError(f"dataset {name!r} has NaN or infinite inputs; clean the data")
     task = _infer_task(y, task, name)
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     yt, outputs = _targets(y, task, name)
