@@ -80,6 +80,11 @@ def _user_model(path: str) -> nn.Module:
 
 def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:
     """Run one sample batch through the model and check the output shape, before any training."""
+    param = next(model.parameters(), None)
+    if param is not None and sample.is_floating_point() and param.is_floating_point() and sample.dtype != param.dtype:
+        got, want = (str(t.dtype).removeprefix("torch.") for t in (sample, param))
+        raise UserError(f"the dataset gives {got} inputs but the model's parameters are {want}; "
+                        f"return {want} tensors from the dataset")
     was_training = model.training
     model.eval()
     try:
