@@ -139,6 +139,41 @@ def test_a_run_directory_with_files_is_never_overwritten(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+USER_CODE = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    CALLS = []
+
+    def get_dataset(train):
+        CALLS.append(train)
+        g = torch.Generator().manual_seed(1 if train else 2)
+        x = torch.randn(160 if train else 40, 5, generator=g)
+        return TensorDataset(x, (x[:, 0] > 0).to(torch.int32))  # int32 labels, as many loaders give
+
+    class TwoWay(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 2)
+        def forward(self, x):
+            return self.lin(x)
+"""
+
+
+def test_user_model_and_dataset_by_import_path(user_module, tmp_path):
+    import importlib
+
+    name = user_module(USER_CODE, "mine")
+    result = invoke(*SHORT, "--dataset", f"{name}:get_dataset", "--model", f"{name}:TwoWay", "--batch-size", "32",
+                    "--output-dir", "run")
+    assert result.exit_code == 0, result.output
+    assert importlib.import_module(name).CALLS == [True, False]
+    assert "classification on " + f"{name}:get_dataset: 160 train / 40 val samples, model TwoWay" in result.stdout
+    check_run_dir(tmp_path / "run", "accuracy", epoch_length=5, epochs=2)
+    assert load(checkpoints(tmp_path / "run")[-1])["model"]["lin.weight"].shape == (2, 5)
+
+
 # --- resume ------------------------------------------------------------------------------------
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(run_copy, tmp_path):

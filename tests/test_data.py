@@ -116,6 +116,15 @@ def test_csv_bad_files(tmp_path, text, match):
         splits_of(dataset=f"csv:{path}")
 
 
+def test_nan_inputs_are_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,c\n1,2,0\nnan,3,1\n4,5,0\n")
+    with pytest.raises(UserError, match=r"dataset 'csv:.*d.csv' has NaN or infinite inputs; clean the data"):
+        splits_of(dataset=f"csv:{tmp_path / 'd.csv'}")
+    np.savez(tmp_path / "d.npz", x=np.array([[1.0], [np.inf], [2.0]]), y=np.arange(3))
+    with pytest.raises(UserError, match=r"dataset 'npz:.*d.npz' has NaN or infinite inputs; clean the data"):
+        splits_of(dataset=f"npz:{tmp_path / 'd.npz'}")
+
+
 def test_csv_missing_file(tmp_path):
     with pytest.raises(UserError, match=r"CSV file '.*missing.csv' does not exist; check the path after csv:"):
         splits_of(dataset=f"csv:{tmp_path / 'missing.csv'}")

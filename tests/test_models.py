@@ -135,3 +135,9 @@ def test_check_model_fits_catches_a_non_tensor_output():
 
     with pytest.raises(UserError, match=r"the model outputs tuple per batch but this regression data needs \(2, 2\)"):
         check_model_fits(Pair(), VECTORS, torch.zeros(2, 7))
+
+
+def test_check_model_fits_names_a_dtype_mismatch():
+    with pytest.raises(UserError, match=r"the dataset gives float64 inputs but the model's parameters are float32; "
+                                        r"return float32 tensors from the dataset"):
+        check_model_fits(MLP(7, 2), VECTORS, torch.zeros(2, 7, dtype=torch.float64))
