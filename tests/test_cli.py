@@ -332,9 +332,10 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the device messages assume a machine without CUDA")
 @pytest.mark.parametrize("args, match", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_files, tmp_path, args, match):
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
     before = snapshot(tmp_path)
     args = [a.format(models=bad_files) for a in args]
     result = invoke("--no-progress", *args, "--output-dir", "out")
