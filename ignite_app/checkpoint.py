@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import re
 import time
@@ -27,7 +28,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
-from ignite_app.errors import UserError
+from ignite_app.errors import NonFiniteLossError, UserError
 from ignite_app.fsutil import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
 
 CHECKPOINT_DIR = "checkpoints"
@@ -36,7 +37,7 @@ BEST_PATTERN = "best_model_{global_step}.{ext}"
 _TRAIN_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 SIDECAR = ".sha256"
 REQUIRED_KEYS = ("model", "optimizer", "trainer")
-FAULT_ENV = "IGNITE_APP_FAULT"  # test hook: "slow-save:SECONDS" or "enospc-save:N"
+FAULT_ENV = "IGNITE_APP_FAULT"  # test hook: "slow-save:SECONDS" or "enospc-save:N" (see _fault_wrap)
 
 
 class AtomicSaver(BaseSaveHandler):
@@ -52,6 +53,7 @@ class AtomicSaver(BaseSaveHandler):
         if not self.write:
             return
         self._saves += 1
+        require_finite(checkpoint)
         self.dirname.mkdir(parents=True, exist_ok=True)
         path = self.dirname / filename
         digest = atomic_write(path, lambda f: torch.save(checkpoint, _fault_wrap(f, self._saves)))
@@ -79,8 +81,23 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR)
 
 
+def require_finite(checkpoint: Mapping) -> None:
+    """Refuse to save model weights that hold NaN or inf (raises :class:`NonFiniteLossError`)."""
+    weights = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
+    for name, tensor in (weights or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteLossError(
+                f"the weights became non-finite (model.{name}); no checkpoint was written and the last good one is kept: "
+                "lower --lr or use --clip-grad-norm"
+            )
+
+
 def _fault_wrap(f: IO[bytes], save_number: int) -> IO[bytes]:
-    """Test hook (``IGNITE_APP_FAULT``): slow writes so a kill lands mid-save, or a full disk."""
+    """Test hook (``IGNITE_APP_FAULT``), so tests can hit the moments that matter.
+
+    ``slow-save:SECONDS``: every save pauses SECONDS after its first write, so a kill lands mid-save.
+    ``enospc-save:N``: from the N-th save on, a write fails with ENOSPC once, as on a full disk.
+    """
     spec = os.environ.get(FAULT_ENV, "")
     kind, _, value = spec.partition(":")
     if kind == "slow-save":
@@ -92,12 +109,14 @@ def _fault_wrap(f: IO[bytes], save_number: int) -> IO[bytes]:
 
 class _SlowWriter:
     def __init__(self, raw: IO[bytes], seconds: float) -> None:
-        self.raw, self.seconds = raw, seconds
+        self.raw, self.seconds, self.paused = raw, seconds, False
 
     def write(self, data: bytes) -> int:
         n = self.raw.write(data)
-        self.raw.flush()
-        time.sleep(self.seconds / 10)
+        if not self.paused:
+            self.paused = True
+            self.raw.flush()  # the partial temporary file is on disk while we wait
+            time.sleep(self.seconds)
         return n
 
     def flush(self) -> None:
@@ -105,10 +124,15 @@ class _SlowWriter:
 
 
 class _FullDiskWriter:
+    """Like a real full disk: a write fails half-way; later ones may succeed (space is freed meanwhile)."""
+
     def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
+        self.raw, self.failed = raw, False
 
     def write(self, data: bytes) -> int:
+        if self.failed:
+            return self.raw.write(data)
+        self.failed = True
         self.raw.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -211,22 +235,35 @@ def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any
             raise CheckpointError(f"{path}: SHA-256 does not match {sidecar.name} (the file is damaged or was changed)")
     elif require_checksum:
         raise CheckpointError(f"{path}: no {sidecar.name} (its save was interrupted)")
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise CheckpointError(f"{path}: the archive is damaged ({exc})") from None
-        if bad is not None:
-            raise CheckpointError(f"{path}: CRC check failed for {bad} (the file is damaged)")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for unsafe payloads, RuntimeError for truncation, ...
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain values (a pickle payload?); nothing from it was run"
+        ) from None
+    except Exception as exc:  # RuntimeError for damage that the CRCs cannot see, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an ignite_app checkpoint (expected a dict, found {type(state).__name__})")
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """Our checkpoints are torch zip archives; check every member's CRC (``torch.load`` does not).
+
+    The legacy raw-pickle format is refused outright: it has no checksums at all.
+    """
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (truncated, or another format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the archive is damaged ({exc})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: CRC check failed for {bad} (the file is damaged)")
 
 
 def require_keys(state: Mapping[str, Any], keys: tuple[str, ...], path: Path) -> None:

@@ -21,8 +21,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> str:
     removed and ``path`` keeps its previous content; a full disk raises :class:`DiskFullError`.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; these files are meant to be read by others
         with os.fdopen(fd, "wb") as raw:
             hashing = _HashingWriter(raw)
@@ -30,13 +31,28 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> str:
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp_name, path)
+        fsync_dir(path.parent)
     except BaseException as exc:
-        _remove_quietly(tmp_name)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if tmp_name is not None:
+            _remove_quietly(tmp_name)
+        if is_disk_full(exc):
             raise DiskFullError(f"no space left on device while writing {path}; free some space") from None
         raise
-    fsync_dir(path.parent)
     return hashing.hexdigest()
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ENOSPC (or a quota error) caused ``exc``, even behind another error.
+
+    ``torch.save`` hides it: its zip writer fails again while closing and raises a RuntimeError.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> str:

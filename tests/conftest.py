@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -46,6 +48,18 @@ def start_train(*args: str, cwd: Path | None = None, **env: str) -> subprocess.P
         [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, env=cli_env(**env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Poll ``condition()`` every 10 ms until it holds; fail if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run exited ({proc.returncode}) before the awaited state\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {getattr(condition, '__doc__', None) or condition}")
+        time.sleep(0.01)
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -91,3 +105,61 @@ def user_module(tmp_path, monkeypatch):
     yield write
     for name in names:
         sys.modules.pop(name, None)
+
+
+# --- checkpoint doctoring, for the tests of hostile, damaged and foreign checkpoints ---------------
+
+
+class ShellPayload:
+    """Unpickling this runs a shell command that creates ``marker``: the classic hostile checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class ExecPayload:
+    """Unpickling this runs Python code through ``builtins.exec`` that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def write_sidecar(path: Path) -> None:
+    """A ``.sha256`` sidecar that matches ``path`` as it is now."""
+    import hashlib
+
+    path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+
+
+def flip_tensor_byte(path: Path) -> None:
+    """Invert one byte in the middle of the largest tensor record of a torch zip checkpoint."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def save_as_if_on_cuda(obj: object, path: Path) -> None:
+    """``torch.save`` as on a GPU machine: every storage is recorded as living on ``cuda:0``."""
+    import torch
+
+    tagger = lambda storage: "cuda:0"  # noqa: E731
+    torch.serialization.register_package(1, tagger, lambda storage, location: None)
+    try:
+        torch.save(obj, path)
+    finally:
+        registry = torch.serialization._package_registry  # no public way to unregister
+        registry[:] = [entry for entry in registry if entry[1] is not tagger]
