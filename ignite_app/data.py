@@ -151,18 +151,27 @@ def _synthetic_regression(n: int = 2000, features: int = 16) -> tuple[np.ndarray
 
 
 def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
+    header, values = read_csv_table(path, "csv:")
+    width = values.shape[1]
+    if width < 2:
+        raise UserError(f"CSV file {str(path)!r} has one column; it needs features and a target column")
+    column = target_column(target, header, width, path)
+    y = values[:, column]
+    x = np.delete(values, column, axis=1).astype(np.float32)
+    return x, y
+
+
+def read_csv_table(path: Path, source: str) -> tuple[list[str] | None, np.ndarray]:
+    """A numeric CSV file as (its header or None, a float64 matrix); ``source`` names the option in errors."""
     if not path.is_file():
-        raise UserError(f"CSV file {str(path)!r} does not exist; check the path after csv:")
+        raise UserError(f"CSV file {str(path)!r} does not exist; check the path after {source}")
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
     if not rows:
-        raise UserError(f"CSV file {str(path)!r} is empty; it needs numeric rows with a target column")
+        raise UserError(f"CSV file {str(path)!r} is empty; it needs rows of numbers")
     header = None if _all_numeric(rows[0]) else [c.strip() for c in rows[0]]
     body = rows[1:] if header else rows
     width = len(rows[0])
-    if width < 2:
-        raise UserError(f"CSV file {str(path)!r} has one column; it needs features and a target column")
-    column = _target_column(target, header, width, path)
     values = np.empty((len(body), width), dtype=np.float64)
     for r, row in enumerate(body):
         if len(row) != width:
@@ -175,9 +184,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
                     f"CSV file {str(path)!r}: non-numeric value {cell!r} in row {r + 1 + bool(header)}, "
                     f"column {c + 1}; only numbers are supported"
                 ) from None
-    y = values[:, column]
-    x = np.delete(values, column, axis=1).astype(np.float32)
-    return x, y
+    return header, values
 
 
 def _all_numeric(row: list[str]) -> bool:
@@ -188,7 +195,8 @@ def _all_numeric(row: list[str]) -> bool:
     return True
 
 
-def _target_column(target: str | None, header: list[str] | None, width: int, path: Path) -> int:
+def target_column(target: str | None, header: list[str] | None, width: int, path: Path) -> int:
+    """The index of the CSV target column: by name, by index, or the last one."""
     if target is None:
         return width - 1
     if header and target in header:
