@@ -27,7 +27,7 @@ from ignite_app.handlers import (
 )
 from ignite_app.loaders import EpochSampler, epoch_length, make_loader
 from ignite_app.models import build_model, check_model_fits
-from ignite_app.tblog import attach_tensorboard, open_tensorboard
+from ignite_app.tblog import attach_epoch_stats, attach_tensorboard, log_config, log_hparams, open_tensorboard
 
 Echo = Callable[[str], None]
 
@@ -78,18 +78,41 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
         if run.is_writer:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run.run_dir / "config.yaml")
-            run.tb_logger = open_tensorboard(run.run_dir, purge_step=resumed.purge_step if resumed else None)
-            attach_tensorboard(run.tb_logger, run.trainer, run.evaluator, run.optimizer, cfg)
+            run.tb_logger = start_tensorboard(run, resumed)
         attach_checkpoint_saving(run, stop)
         announce(run, echo, resumed)
         if resumed is not None:
             resumed.apply()
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
+        if run.tb_logger is not None and run.evaluator.state.metrics:
+            log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
     finally:
         stop.uninstall()
         if run.tb_logger is not None:
             run.tb_logger.close()
     return finish(run, stop, echo)
+
+
+def start_tensorboard(run: Run, resumed: Resumed | None) -> Any:
+    """Open the run's TensorBoard log and attach its handlers; a fresh run also logs its config."""
+    tb = open_tensorboard(run.run_dir, purge_step=resumed.purge_step if resumed else None)
+    attach_tensorboard(tb, run.trainer, run.evaluator, run.optimizer, run.cfg)
+    attach_epoch_stats(tb, run.trainer, lambda: len(run.train_sampler) * idist.get_world_size(), run.device)
+    if resumed is None:
+        log_config(tb, run.cfg)
+    return tb
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+    """What the HParams tab shows: the last validation metrics, the best validation loss, the epochs done."""
+    metrics = {f"val_{name}": float(value) for name, value in run.evaluator.state.metrics.items()}
+    saved = run.best_checkpoint.state_dict()["_saved"]  # [(priority, filename)], priority = -val_loss
+    if saved:
+        metrics["best_val_loss"] = -float(saved[-1][0])
+    if "train_loss" in run.trainer.state.metrics:
+        metrics["train_loss"] = float(run.trainer.state.metrics["train_loss"])
+    metrics["epochs"] = float(run.trainer.state.epoch)
+    return metrics
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -125,7 +148,7 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
                                num_workers=cfg.num_workers, device=device, seed=cfg.seed)
     val_loader = make_loader(splits.val, cfg.batch_size, val_sampler, in_memory=cfg.in_memory,
                              num_workers=cfg.num_workers, device=device, seed=cfg.seed)
-    check_model_fits(raw_model, splits.spec, _sample_batch(splits, device))
+    check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
     optimizer = make_optimizer(cfg, raw_model)
     if cfg.clip_grad_norm is not None:
         add_gradient_clipping(optimizer, cfg.clip_grad_norm)
@@ -171,7 +194,8 @@ def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool
     return model
 
 
-def _sample_batch(splits: Splits, device: torch.device) -> torch.Tensor:
+def sample_batch(splits: Splits, device: torch.device) -> torch.Tensor:
+    """Two copies of the first training sample, to check that the model fits the data."""
     x = splits.train[0][0]
     return torch.as_tensor(x).unsqueeze(0).expand(2, *torch.as_tensor(x).shape).to(device)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import global_step_from_engine
-from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
+from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
 
 from ignite_app.config import Config
+from ignite_app.paths import HPARAMS_DIR
 
 
 def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> TensorboardLogger:
@@ -29,9 +32,7 @@ def attach_tensorboard(
 
     Every tag shares one x-axis: the trainer's iteration. The loss is read from the device only here.
     """
-    every = Events.ITERATION_COMPLETED(every=cfg.log_every)
-    tb.attach(trainer, OutputHandler(tag="train", output_transform=lambda loss: {"loss": loss}), every)
-    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), every)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=cfg.log_every), TrainScalars(tb.writer, optimizer))
     tb.attach(
         evaluator,
         OutputHandler(tag="val", metric_names="all", global_step_transform=global_step_from_engine(trainer, Events.ITERATION_COMPLETED)),
@@ -39,10 +40,110 @@ def attach_tensorboard(
     )
 
 
-def attach_progress_bar(trainer: Engine, every: int) -> Any:
-    """A tqdm bar on stderr, refreshed (and the loss read) every ``every`` iterations."""
-    from ignite.handlers import ProgressBar
+class TrainScalars:
+    """``train/loss`` and ``train/lr/group_N`` at the trainer's iteration (the same tags as Ignite's
+    OutputHandler and OptimizerParamsHandler, which take about twice as long to write them)."""
 
-    bar = ProgressBar(persist=False)
-    bar.attach(trainer, output_transform=lambda loss: {"loss": loss}, event_name=Events.ITERATION_COMPLETED(every=every))
+    def __init__(self, writer: Any, optimizer: torch.optim.Optimizer) -> None:
+        self.writer, self.optimizer = writer, optimizer
+
+    def __call__(self, engine: Engine) -> None:
+        step = engine.state.iteration
+        self.writer.add_scalar("train/loss", float(engine.state.output), step)  # the host read of the loss
+        for i, group in enumerate(self.optimizer.param_groups):
+            self.writer.add_scalar(f"train/lr/group_{i}", float(group["lr"]), step)
+
+
+def log_config(tb: TensorboardLogger, cfg: Config) -> None:
+    """The resolved config as text at step 0 (TensorBoard's Text tab); written once, when a run starts fresh."""
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    tb.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)  # indented: a code block
+    tb.writer.flush()  # on disk before any checkpoint, so a resume never needs to write it again
+
+
+def attach_epoch_stats(tb: TensorboardLogger, trainer: Engine, samples_in_epoch: Callable[[], int], device: torch.device) -> None:
+    """``perf/samples_per_sec`` and ``perf/peak_memory_mib`` at each EPOCH_COMPLETED: no per-iteration work."""
+
+    def log(engine: Engine) -> None:
+        seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0  # this epoch's iterations only
+        step = engine.state.iteration
+        if seconds > 0:
+            tb.writer.add_scalar("perf/samples_per_sec", samples_in_epoch() / seconds, step)
+        peak = peak_memory_mib(device)
+        if peak is not None:
+            tb.writer.add_scalar("perf/peak_memory_mib", peak, step)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, log)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory so far in MiB: tensors allocated on a CUDA device, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], step: int) -> None:
+    """Hyper-parameters and final metrics for the HParams tab, in the ``hparams`` sub-run.
+
+    tensorboardX writes them as a sub-run; it is replaced whenever training ends, so a resumed
+    run keeps exactly one.
+    """
+    folder = Path(tb.writer.logdir) / HPARAMS_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    values = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
+    tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
+
+
+def attach_progress_bar(trainer: Engine, every: int) -> EpochProgress:
+    """A tqdm bar on stderr for each training epoch, advanced every ``every`` iterations."""
+    bar = EpochProgress()
+    trainer.add_event_handler(Events.EPOCH_STARTED, bar.start)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), bar.advance)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED | Events.COMPLETED, bar.close)
     return bar
+
+
+class EpochProgress:
+    """The epoch's progress and loss on one tqdm line that disappears when the epoch ends.
+
+    Ignite's ProgressBar redraws up to three times per update; here tqdm redraws at most every
+    0.1 s, and the loss (a host sync on GPUs) is read only when a redraw is due.
+    """
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, engine: Engine) -> None:
+        """EPOCH_STARTED: a new bar (advanced past the iterations a mid-epoch resume skips)."""
+        from tqdm import tqdm
+
+        self.close(engine)
+        self.bar = tqdm(total=engine.state.epoch_length, desc=f"Epoch [{engine.state.epoch}/{engine.state.max_epochs}]",
+                        initial=self._done(engine), leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, engine: Engine) -> None:
+        """Move the bar to the current iteration; show the loss if tqdm is about to redraw."""
+        bar = self.bar
+        if bar is None:
+            return
+        if time.time() - bar.last_print_t >= bar.mininterval:
+            bar.set_postfix(loss=f"{float(engine.state.output):.4g}", refresh=False)
+        bar.update(self._done(engine) - bar.n)
+
+    def close(self, engine: Engine) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    @staticmethod
+    def _done(engine: Engine) -> int:
+        return engine.state.iteration - (engine.state.epoch - 1) * (engine.state.epoch_length or 0)
