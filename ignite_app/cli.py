@@ -201,5 +201,133 @@ def _refuse_existing_run(out: Path) -> None:
         )
 
 
+# Looking at runs and using their checkpoints. Each command imports its module (and torch) only when it runs.
+
+
+def _quiet_ignite() -> None:
+    logging.getLogger("ignite").setLevel(logging.CRITICAL)  # we report errors ourselves, in one line
+
+
+@main.command("logs")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="Also draw the loss and validation curves into this .png, .svg or .pdf (needs matplotlib).")
+def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None) -> None:
+    """Summarise runs: last and best value of every TensorBoard scalar, early stopping, best checkpoint.
+
+    Several runs (or a folder of runs, such as runs/) are compared side by side.
+    """
+
+    def action() -> int:
+        from ignite_app.logs import show_logs
+
+        return show_logs(list(run_dirs), csv_path, plot_path, click.echo)
+
+    sys.exit(guarded(action))
+
+
+@main.command("evaluate")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--dataset", help="Evaluate on this dataset instead of the run's (same forms as train --dataset).")
+@click.option("--target", help="CSV target column of --dataset, by name or index. [default: last column]")
+@click.option("--split", type=click.Choice(("val", "train")), default="val", show_default=True,
+              help="Which part of the fixed 80/20 split.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+    """Evaluate CHECKPOINT with the run's metrics and print them.
+
+    CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
+    directory (its best model). The model is rebuilt from the run's config.yaml.
+    """
+
+    def action() -> int:
+        import json
+
+        from ignite_app.paths import resolve_checkpoint
+
+        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        from ignite_app.inference import evaluate, format_evaluation
+
+        _quiet_ignite()
+        result = evaluate(checkpoint, dataset, target, split, device)
+        click.echo(json.dumps(result.metrics) if as_json else format_evaluation(result))
+        return 0
+
+    sys.exit(guarded(action))
+
+
+@main.command("predict")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="CSV or NPZ (array x) of inputs. A CSV holds the training feature columns in training order, "
+                   "with or without a header; if it has one column more, that extra target column is dropped "
+                   "(--target, else the run's --target, else the last column).")
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
+              help="CSV (label, prob_0, ... or output_0, ...) or NPZ (labels and probabilities, or outputs).")
+@click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str) -> None:
+    """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
+
+    def action() -> int:
+        from ignite_app.paths import resolve_checkpoint
+
+        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        from ignite_app.inference import predict
+
+        count = predict(checkpoint, input_path, output_path, target, device)
+        click.echo(f"wrote {count} predictions to {output_path}")
+        return 0
+
+    sys.exit(guarded(action))
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="safetensors", show_default=True,
+              help="safetensors (weights only: no code, safe to share), torchscript or onnx.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="File to write: .safetensors, .pt/.pth/.ts (torchscript) or .onnx. [default: <checkpoint name>.safetensors, .torchscript.pt or .onnx here]")
+def export_command(checkpoint: Path, fmt: str, output: Path | None) -> None:
+    """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
+
+    def action() -> int:
+        from ignite_app.export import export
+
+        click.echo(f"wrote {export(checkpoint, fmt, output)}")
+        return 0
+
+    sys.exit(guarded(action))
+
+
+@main.command("lr-find")
+@train_options
+@click.option("--start-lr", type=float, default=1e-7, show_default=True, help="Lowest learning rate tried.")
+@click.option("--end-lr", type=float, default=10.0, show_default=True, help="Highest learning rate tried.")
+@click.option("--num-iter", type=int, default=100, show_default=True, help="Training iterations of the sweep.")
+@click.option("--plot", type=click.Path(path_type=Path), default=Path("lr_find.png"), show_default=True,
+              help="Where to save the loss-vs-learning-rate curve (.png, .svg or .pdf).")
+def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: float, end_lr: float, num_iter: int,
+                    plot: Path, **flags: Any) -> None:
+    """Sweep the learning rate on the configured model and data (Ignite's FastaiLRFinder) and suggest one.
+
+    Takes the same options and --config file as train; writes nothing but the plot.
+    """
+
+    def action() -> int:
+        from ignite_app.lrfind import lr_find
+
+        _quiet_ignite()
+        values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        file_values = load_yaml(config_file) if config_file else {}
+        if values.get("resume") or file_values.get("resume"):
+            raise UserError("lr-find always starts from fresh weights; drop --resume")
+        return lr_find(build_config(file_values, values), start_lr, end_lr, num_iter, plot, click.echo)
+
+    sys.exit(guarded(action))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

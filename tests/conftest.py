@@ -163,3 +163,36 @@ def save_as_if_on_cuda(obj: object, path: Path) -> None:
     finally:
         registry = torch.serialization._package_registry  # no public way to unregister
         registry[:] = [entry for entry in registry if entry[1] is not tagger]
+
+
+def invoke_app(*args: str):
+    """Run ``ignite-app ARGS`` in-process through click's CliRunner: exit code, stdout and stderr apart."""
+    from click.testing import CliRunner
+
+    from ignite_app.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=True)
+
+
+def train_tiny_run(run_dir: Path, *extra: str) -> Path:
+    """Train 2 epochs on digits in-process, on one thread, into ``run_dir``: a finished run to look at."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = invoke_app("train", *FAST, "--output-dir", str(run_dir), *extra)
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output + result.stderr
+    return run_dir
+
+
+def assert_one_error_line(exit_code: int, stderr: str, output: str, match: str = "") -> str:
+    """Exit code 2, exactly one stderr line starting with ``Error:``, and no traceback anywhere."""
+    lines = stderr.strip().splitlines()
+    assert exit_code == 2, output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+    assert "Traceback" not in output + stderr
+    assert match in lines[0], lines[0]
+    return lines[0]
