@@ -126,16 +126,19 @@ def guarded(action: Callable[[], int]) -> int:
 
 
 def _train(config_file: str | None, flags: dict[str, Any]) -> int:
-    cfg = resolve_train_config(config_file, flags)
     # Ignite logs every exception it re-raises; we report errors ourselves, in one line.
     logging.getLogger("ignite").setLevel(logging.CRITICAL)
     from ignite_app.distributed import launch  # heavy imports only once we really train
 
-    return launch(cfg)
+    # Under torchrun every process resolves the flags, but only rank 0 claims the output directory.
+    return launch(lambda: resolve_train_config(config_file, flags, claim=False), claim_output_dir)
 
 
-def resolve_train_config(config_file: str | None, flags: dict[str, Any]) -> Config:
-    """Config from (the resumed run's config.yaml), the --config file and the flags, in that order."""
+def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: bool = True) -> Config:
+    """Config from (the resumed run's config.yaml), the --config file and the flags, in that order.
+
+    With ``claim``, a new run's output directory is chosen and checked too (:func:`claim_output_dir`).
+    """
     file_values = load_yaml(config_file) if config_file else {}
     if isinstance(flags.get("time_limit"), str):
         flags["time_limit"] = parse_duration(flags["time_limit"])
@@ -143,6 +146,13 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any]) -> Conf
     if resume:
         return _resume_config(Path(resume), file_values, flags)
     cfg = build_config(file_values, flags)
+    return claim_output_dir(cfg) if claim else cfg
+
+
+def claim_output_dir(cfg: Config) -> Config:
+    """A new run's directory: --output-dir or a free runs/<dataset>-<timestamp>; refused if it holds files."""
+    if cfg.resume:
+        return cfg  # a resumed run continues in its own directory
     out = cfg.output_dir or _free_default_dir(cfg.dataset)
     _refuse_existing_run(Path(out))
     return cfg.replace(output_dir=out)
@@ -172,7 +182,8 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
     cfg = build_config(saved, {**asked, "output_dir": str(run_dir), "resume": str(resume)})
-    changed = [k for k in RESUME_FIXED_KEYS if getattr(cfg, k) != getattr(saved_cfg, k)]
+    # batch_size may change with the number of processes; run.check_global_batch compares the global batch.
+    changed = [k for k in RESUME_FIXED_KEYS if k != "batch_size" and getattr(cfg, k) != getattr(saved_cfg, k)]
     if changed:
         key = changed[0]
         raise UserError(

@@ -19,6 +19,9 @@ from ignite_app import checkpoint as ckpt
 from ignite_app.config import Config, save_yaml
 from ignite_app.data import Splits, load_splits
 from ignite_app.devices import resolve_device
+from ignite_app.distributed import (
+    PerRankState, agreed_stop_reason, fail_together, from_rank_zero, in_process_group, local_device, mean_over_processes,
+)
 from ignite_app.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
 from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, UserError
 from ignite_app.handlers import (
@@ -66,7 +69,10 @@ class Run:
 def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     """Train as ``cfg`` says; returns the process exit code."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
-    device = pick_device(cfg)
+    if idist.get_rank() != 0:  # only rank 0 prints
+        echo = warn = _silent
+    with fail_together():
+        device = pick_device(cfg)
     run = build_run(cfg, device, echo)
     resumed = restore(run, warn) if cfg.resume else None
     if resumed is not None and resumed.finished_message:
@@ -115,11 +121,15 @@ def final_metrics(run: Run) -> dict[str, float]:
     return metrics
 
 
+def _silent(msg: str) -> None:
+    pass
+
+
 def pick_device(cfg: Config) -> torch.device:
-    """The device for this process: ``--device``, or the local GPU under torchrun."""
+    """The device for this process: ``--device``; under torchrun or srun, the GPU of its local rank."""
     device = resolve_device(cfg.device)
-    if idist.get_world_size() > 1 and device.type == "cuda":
-        device = torch.device("cuda", idist.get_local_rank())
+    if in_process_group():
+        device = local_device(device, cfg.device, idist.get_local_rank(), torch.cuda.device_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -138,20 +148,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
     """Data, model, optimizer, engines and handlers for ``cfg``; writes nothing to disk."""
-    seed_everything(cfg.seed, cfg.deterministic)
-    splits = load_splits(cfg)
-    raw_model = build_model(cfg.model, splits.spec).to(device)
-    if cfg.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    train_sampler, val_sampler = make_samplers(cfg, splits)
-    train_loader = make_loader(splits.train, cfg.batch_size, train_sampler, in_memory=cfg.in_memory,
-                               num_workers=cfg.num_workers, device=device, seed=cfg.seed)
-    val_loader = make_loader(splits.val, cfg.batch_size, val_sampler, in_memory=cfg.in_memory,
-                             num_workers=cfg.num_workers, device=device, seed=cfg.seed)
-    check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
-    optimizer = make_optimizer(cfg, raw_model)
-    if cfg.clip_grad_norm is not None:
-        add_gradient_clipping(optimizer, cfg.clip_grad_norm)
+    seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
+    with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
+        splits = load_splits(cfg)
+        raw_model = build_model(cfg.model, splits.spec).to(device)
+        if cfg.channels_last:
+            raw_model = raw_model.to(memory_format=torch.channels_last)
+        train_sampler, val_sampler = make_samplers(cfg, splits)
+        train_loader = make_loader(splits.train, cfg.batch_size, train_sampler, in_memory=cfg.in_memory,
+                                   num_workers=cfg.num_workers, device=device, seed=cfg.seed)
+        val_loader = make_loader(splits.val, cfg.batch_size, val_sampler, in_memory=cfg.in_memory,
+                                 num_workers=cfg.num_workers, device=device, seed=cfg.seed)
+        check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
+        optimizer = make_optimizer(cfg, raw_model)
+        if cfg.clip_grad_norm is not None:
+            add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile)
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
@@ -185,8 +196,8 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
 
 
 def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
-    """DDP under several processes (never DataParallel), then torch.compile if asked."""
-    if idist.get_world_size() > 1:
+    """DDP in a process group (never DataParallel), then torch.compile if asked."""
+    if in_process_group():
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile_model:
@@ -205,6 +216,7 @@ def attach_training_handlers(run: Run, raw_model: torch.nn.Module, scaler: Any, 
     cfg, trainer, evaluator = run.cfg, run.trainer, run.evaluator
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, run.train_sampler, cfg.batch_size))
     attach_loss_tracker(trainer, run.tracker)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, average_train_loss)
     if cfg.lr_schedule == "cosine":
         run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(run.optimizer, T_max=cfg.epochs * run.epoch_length)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: run.scheduler.step())
@@ -219,16 +231,22 @@ def attach_training_handlers(run: Run, raw_model: torch.nn.Module, scaler: Any, 
             attach_progress_bar(trainer, cfg.log_every)
     saver = ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer)
     meta = ckpt.Meta({"model_class": type(raw_model).__name__, "task": run.splits.spec.task,
-                      "num_outputs": run.splits.spec.num_outputs, "input_shape": list(run.splits.spec.input_shape)})
+                      "num_outputs": run.splits.spec.num_outputs, "input_shape": list(run.splits.spec.input_shape),
+                      "world_size": idist.get_world_size(), "batch_size": cfg.batch_size})
     run.best_checkpoint = ckpt.make_best_checkpoint(raw_model, meta, saver, global_step_from_engine(trainer, Events.ITERATION_COMPLETED))
     evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": raw_model, "optimizer": run.optimizer, "trainer": trainer, "meta": meta,
-                   "loss_tracker": run.tracker, "best_checkpointer": run.best_checkpoint}
+                   "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": scaler,
                 "grads": ckpt.GradState(raw_model) if cfg.grad_accum > 1 else None}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
-    run.to_save["rng"] = ckpt.RNGState()  # last: restored after everything else
+    run.to_save["rng"] = PerRankState(ckpt.RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, cfg.n_saved)
+
+
+def average_train_loss(engine: Engine) -> None:
+    """EPOCH_COMPLETED: the epoch's training loss over all processes (each ran the same number of batches)."""
+    engine.state.metrics["train_loss"] = mean_over_processes(engine.state.metrics["train_loss"])
 
 
 def _progress_wanted(cfg: Config) -> bool:
@@ -256,16 +274,14 @@ def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
             engine.terminate()
 
     run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
-    attach_stop(run.trainer, lambda: stop_requested(stop), save, every=1)
+    # Several processes agree through an all-reduce: on GPUs a host sync, so only every --log-every iterations.
+    every = run.cfg.log_every if in_process_group() and run.device.type == "cuda" else 1
+    attach_stop(run.trainer, lambda: stop_requested(stop), save, every=every)
 
 
 def stop_requested(stop: StopSignal) -> bool:
     """Whether any process was asked to stop; all ranks agree on the same iteration."""
-    local = stop.reason() is not None
-    if idist.get_world_size() == 1:
-        return local
-    flag = idist.all_reduce(torch.tensor(int(local)), op="MAX")
-    return bool(flag.item())
+    return agreed_stop_reason(stop.reason()) is not None
 
 
 @dataclass
@@ -287,15 +303,33 @@ class Resumed:
 
 
 def restore(run: Run, warn: Echo) -> Resumed | None:
-    """Pick the newest checkpoint that verifies and check it against the run; changes nothing yet."""
+    """Rank 0 picks the newest checkpoint that verifies, every other rank checks that same file; changes nothing yet."""
+    picked: dict[str, Resumed] = {}
+
+    def pick() -> str:
+        picked["resumed"] = pick_checkpoint(run, warn)
+        return str(picked["resumed"].path) if picked["resumed"].state else ""
+
+    path = from_rank_zero(pick)
+    with fail_together():
+        resumed = picked.get("resumed") or (verify_for_run(run, Path(path)) if path else fresh_start(run))
+    return resumed
+
+
+def fresh_start(run: Run) -> Resumed:
+    """A resume of a run directory that holds no checkpoint yet: train it from the beginning."""
+    return Resumed(path=run.run_dir, state={}, to_load={}, purge_step=1)
+
+
+def pick_checkpoint(run: Run, warn: Echo) -> Resumed:
+    """Remove stale temporary files, then verify the candidates newest first; the first that passes wins."""
     resume = Path(run.cfg.resume)
-    if run.is_writer:
-        for stale in ckpt.clean_temporaries(run.run_dir):
-            warn(f"removed stale temporary file {stale}")
+    for stale in ckpt.clean_temporaries(run.run_dir):
+        warn(f"removed stale temporary file {stale}")
     candidates = [resume] if resume.is_file() else ckpt.train_checkpoints(run.run_dir)
     if not candidates:
         warn(f"{run.run_dir} has no checkpoint yet: training it from the beginning")
-        return Resumed(path=run.run_dir, state={}, to_load={}, purge_step=1)
+        return fresh_start(run)
     problems = []
     for path in candidates:
         try:
@@ -315,6 +349,7 @@ def verify_for_run(run: Run, path: Path) -> Resumed:
     ckpt.require_keys(state, ckpt.REQUIRED_KEYS, path)
     ckpt.check_model_state(run.to_save["model"], state["model"], path)
     ckpt.check_optimizer_state(run.optimizer, state["optimizer"], path)
+    check_global_batch(run, state.get("meta") or {}, path)
     trainer_state = dict(state["trainer"])
     if trainer_state.get("epoch_length") != run.epoch_length:
         raise ckpt.CheckpointError(
@@ -330,6 +365,22 @@ def verify_for_run(run: Run, path: Path) -> Resumed:
     to_load = {k: v for k, v in run.to_save.items() if k in state and k != "meta"}
     return Resumed(path=path, state=state, to_load=to_load, purge_step=iteration + 1,
                    finished_message=finished_message(run, state, iteration))
+
+
+def check_global_batch(run: Run, meta: dict[str, Any], path: Path) -> None:
+    """The global batch (processes x --batch-size) cannot change on resume; how it is split can."""
+    if "world_size" not in meta or "batch_size" not in meta:
+        return  # the epoch-length check still applies
+    saved_world, saved_batch = int(meta["world_size"]), int(meta["batch_size"])
+    world, batch = idist.get_world_size(), run.cfg.batch_size
+    total = saved_world * saved_batch
+    if world * batch == total:
+        return
+    fix = f"resume with --batch-size {total // world}" if total % world == 0 else f"resume with a number of processes that divides {total}"
+    raise UserError(
+        f"--batch-size cannot change when resuming: {path} was trained with a global batch of {total} "
+        f"({saved_world} process(es) x {saved_batch}), this run would use {world * batch} ({world} x {batch}); {fix}"
+    )
 
 
 def finished_message(run: Run, state: dict[str, Any], iteration: int) -> str | None:
@@ -362,7 +413,7 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
 def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
     """Report how the run ended and return its exit code."""
     state = run.trainer.state
-    reason = stop.reason()
+    reason = agreed_stop_reason(stop.reason())
     last = ckpt.train_checkpoints(run.run_dir)
     where = f"; checkpoint {last[0]}" if last else ""
     if reason is not None:
