@@ -62,6 +62,25 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen | None = None
         time.sleep(0.01)
 
 
+def torchrun_command(*args: str, nproc: int = 2, script: Path = TRAIN_SCRIPT) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=N SCRIPT ARGS``: one machine, a free port, gloo on the CPU."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    return [*launcher, "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
+
+
+def run_torchrun(*args: str, cwd: Path | None = None, nproc: int = 2, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run the train command under torchrun to completion and capture its output."""
+    return subprocess.run(torchrun_command(*args, nproc=nproc), cwd=cwd, env=cli_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_torchrun(*args: str, cwd: Path | None = None, nproc: int = 2, **env: str) -> subprocess.Popen:
+    """Start the train command under torchrun without waiting (for signal tests)."""
+    return subprocess.Popen(torchrun_command(*args, nproc=nproc), cwd=cwd, env=cli_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's event files, through TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
