@@ -78,6 +78,10 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     if resumed is not None and resumed.finished_message:
         echo(resumed.finished_message)
         return EXIT_OK
+    if resumed is not None:
+        resumed.apply()  # before anything on disk changes: a part that does not load leaves the run untouched
+        if run.is_writer:
+            clean_stale_saves(run, warn)
     stop = StopSignal(cfg.time_limit)
     stop.install()
     try:
@@ -87,8 +91,6 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
             run.tb_logger = start_tensorboard(run, resumed)
         attach_checkpoint_saving(run, stop)
         announce(run, echo, resumed)
-        if resumed is not None:
-            resumed.apply()
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
@@ -142,7 +144,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: ops with no deterministic CUDA kernel (AdaptiveAvgPool2d backward, NLLLoss) warn, not fail
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 
@@ -276,7 +279,16 @@ def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
     run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
     # Several processes agree through an all-reduce: on GPUs a host sync, so only every --log-every iterations.
     every = run.cfg.log_every if in_process_group() and run.device.type == "cuda" else 1
-    attach_stop(run.trainer, lambda: stop_requested(stop), save, every=every)
+    attach_stop(run.trainer, lambda: not at_epoch_end(run.trainer) and stop_requested(stop), save, every=every)
+
+
+def at_epoch_end(engine: Engine) -> bool:
+    """Whether the iteration just done is its epoch's last.
+
+    A stop there waits for EPOCH_COMPLETED (validation, best model, early stopping, the epoch-end
+    save): terminating now would skip them, and a resumed run would never validate that epoch.
+    """
+    return engine.state.iteration % engine.state.epoch_length == 0
 
 
 def stop_requested(stop: StopSignal) -> bool:
@@ -298,8 +310,15 @@ class Resumed:
         """Load every object from the checkpoint (RNG last)."""
         from ignite.handlers import Checkpoint
 
-        if self.to_load:
+        if not self.to_load:
+            return
+        try:
             Checkpoint.load_objects(to_load=self.to_load, checkpoint=self.state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise ckpt.CheckpointError(
+                f"{self.path}: does not load into this run ({type(exc).__name__}: {str(exc)[:200]}); "
+                "resume from an older checkpoint file of this run"
+            ) from None
 
 
 def restore(run: Run, warn: Echo) -> Resumed | None:
@@ -324,8 +343,6 @@ def fresh_start(run: Run) -> Resumed:
 def pick_checkpoint(run: Run, warn: Echo) -> Resumed:
     """Remove stale temporary files, then verify the candidates newest first; the first that passes wins."""
     resume = Path(run.cfg.resume)
-    for stale in ckpt.clean_temporaries(run.run_dir):
-        warn(f"removed stale temporary file {stale}")
     candidates = [resume] if resume.is_file() else ckpt.train_checkpoints(run.run_dir)
     if not candidates:
         warn(f"{run.run_dir} has no checkpoint yet: training it from the beginning")
@@ -341,6 +358,12 @@ def pick_checkpoint(run: Run, warn: Echo) -> Resumed:
             warn(f"skipping checkpoint: {problem}")
         return resumed
     raise UserError(f"no usable checkpoint in {run.run_dir}: " + "; ".join(problems))
+
+
+def clean_stale_saves(run: Run, warn: Echo) -> None:
+    """Remove temporary files of interrupted saves, once a checkpoint was accepted (rank 0)."""
+    for stale in ckpt.clean_temporaries(run.run_dir):
+        warn(f"removed stale temporary file {stale}")
 
 
 def verify_for_run(run: Run, path: Path) -> Resumed:
@@ -363,6 +386,8 @@ def verify_for_run(run: Run, path: Path) -> Resumed:
     trainer_state["max_epochs"] = max(run.cfg.epochs, iteration // run.epoch_length)
     state = {**state, "trainer": trainer_state}
     to_load = {k: v for k, v in run.to_save.items() if k in state and k != "meta"}
+    if "checkpointer" in state:  # the train checkpointer's own bookkeeping: which files it keeps
+        to_load["checkpointer"] = run.train_checkpoint
     return Resumed(path=path, state=state, to_load=to_load, purge_step=iteration + 1,
                    finished_message=finished_message(run, state, iteration))
 
