@@ -35,6 +35,7 @@ CHECKPOINT_DIR = "checkpoints"
 TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"
 BEST_PATTERN = "best_model_{global_step}.{ext}"
 _TRAIN_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_ANY_NAME = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pt$")
 SIDECAR = ".sha256"
 REQUIRED_KEYS = ("model", "optimizer", "trainer")
 FAULT_ENV = "IGNITE_APP_FAULT"  # test hook: "slow-save:SECONDS" or "enospc-save:N" (see _fault_wrap)
@@ -327,6 +328,22 @@ def clean_temporaries(run_dir: Path) -> list[Path]:
     """Remove temporary files left by an interrupted save."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     return remove_stale_temporaries(folder) if folder.is_dir() else []
+
+
+def remove_evicted(run_dir: Path, kept: set[str], upto: int) -> list[Path]:
+    """Delete checkpoint files up to iteration ``upto`` that are not in ``kept``; returns them.
+
+    A kill between a save and the deferred removal of the file it pushed out of the kept set
+    leaves that file behind; the accepted checkpoint's bookkeeping says it should be gone.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    evicted = sorted(p for p in folder.glob("*.pt") if (m := _ANY_NAME.match(p.name)) and int(m.group(1)) <= upto and p.name not in kept)
+    for path in evicted:
+        for p in (path, _sidecar(path)):
+            p.unlink(missing_ok=True)
+    if evicted:
+        fsync_dir(folder)
+    return evicted
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -81,7 +81,7 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     if resumed is not None:
         resumed.apply()  # before anything on disk changes: a part that does not load leaves the run untouched
         if run.is_writer:
-            clean_stale_saves(run, warn)
+            clean_stale_saves(run, resumed, warn)
     stop = StopSignal(cfg.time_limit)
     stop.install()
     try:
@@ -360,10 +360,17 @@ def pick_checkpoint(run: Run, warn: Echo) -> Resumed:
     raise UserError(f"no usable checkpoint in {run.run_dir}: " + "; ".join(problems))
 
 
-def clean_stale_saves(run: Run, warn: Echo) -> None:
-    """Remove temporary files of interrupted saves, once a checkpoint was accepted (rank 0)."""
+def clean_stale_saves(run: Run, resumed: Resumed, warn: Echo) -> None:
+    """Once a checkpoint is accepted and loaded (rank 0), remove what interrupted saves left behind.
+
+    That is the temporary files of saves that never finished, and files that had left the kept set
+    when the accepted checkpoint was written (a kill came before their deferred removal).
+    """
     for stale in ckpt.clean_temporaries(run.run_dir):
         warn(f"removed stale temporary file {stale}")
+    kept = {name for handler in (run.train_checkpoint, run.best_checkpoint) for _, name in handler.state_dict()["_saved"]}
+    for path in ckpt.remove_evicted(run.run_dir, kept, upto=resumed.purge_step - 1):
+        warn(f"removed {path}: it had left the kept set (--n-saved) before a kill interrupted its removal")
 
 
 def verify_for_run(run: Run, path: Path) -> Resumed:

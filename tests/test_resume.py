@@ -256,13 +256,21 @@ def test_sigkill_inside_a_save_and_after_a_save_then_resume_is_exact(digits, ref
     assert code == -signal.SIGKILL
     for path in stale:
         assert f"removed stale temporary file {path}" in err2
-    # 3. the newest checkpoint is damaged: resume names it, falls back to the older one and finishes
+    # 3. the newest checkpoint is damaged: resume names it, falls back to the older one and finishes.
+    # Files that had left the kept set but whose removal a kill prevented are removed too.
     newest = folder / f"checkpoint_{2 * EPOCH}.pt"
     flip_tensor_byte(newest)
+    evicted = [folder / "checkpoint_45.pt", folder / "best_model_45.pt"]
+    for path in evicted:
+        shutil.copy(folder / f"checkpoint_{EPOCH}.pt", path)
+        write_sidecar(path)
     done = run_train(*resume_args(run))
     assert done.returncode == 0, done.stderr
     assert f"skipping checkpoint: {newest}: SHA-256 does not match" in done.stderr
     assert f"resuming from {folder / f'checkpoint_{EPOCH}.pt'}" in done.stdout
+    for path in evicted:
+        assert f"removed {path}: it had left the kept set" in done.stderr
+        assert not path.exists() and not path.with_name(path.name + ".sha256").exists()
     assert_same_run(run, reference, out1, out2, done.stdout)
 
 
@@ -288,7 +296,7 @@ def test_sigterm_then_sigint_then_a_second_ctrl_c_mid_save_then_resume_is_exact(
     proc = start_train(*resume_args(run), IGNITE_APP_FAULT="slow-save:1")
     wait_for(temp_file_exists(folder), proc)
     code, out3, err3 = stop(proc, signal.SIGINT, signal.SIGINT)
-    assert code == 130 and "second Ctrl-C: exiting now" in err3
+    assert code == 130 and "second Ctrl-C: exiting now" in err3, err3
     assert not (folder / f"checkpoint_{LAST}.pt").exists() and not (folder / f"best_model_{LAST}.pt").exists()
 
     done = run_train(*resume_args(run))
