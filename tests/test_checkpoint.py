@@ -117,6 +117,17 @@ def test_clean_temporaries_removes_only_temporary_files(tmp_path):
     assert [p.name for p in folder.iterdir()] == ["checkpoint_8.pt"]
 
 
+def test_remove_evicted_deletes_only_older_files_outside_the_kept_set(tmp_path):
+    folder = tmp_path / ckpt.CHECKPOINT_DIR
+    saver = ckpt.AtomicSaver(folder)
+    for name in ("checkpoint_10.pt", "checkpoint_20.pt", "checkpoint_30.pt", "best_model_10.pt", "best_model_40.pt"):
+        saver(tiny_state(), name)
+    removed = ckpt.remove_evicted(tmp_path, kept={"checkpoint_20.pt", "checkpoint_30.pt"}, upto=30)
+    assert [p.name for p in removed] == ["best_model_10.pt", "checkpoint_10.pt"]
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["best_model_40.pt", "checkpoint_20.pt", "checkpoint_30.pt"]
+    assert not (folder / "checkpoint_10.pt.sha256").exists()
+
+
 # --- read_checkpoint: hostile and broken files ---------------------------------------------------
 
 
