@@ -50,6 +50,48 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a (projected, when the shape changes) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small ResNet for CIFAR-shaped images (3x32x32, 10 classes by default).
+
+    Builds with no arguments, so ``--model ignite_app.models:ResNet`` trains it; the benchmark's
+    ResNet-style workload.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256)):
+        super().__init__()
+        stages: list[nn.Module] = []
+        width = widths[0]
+        for i, out in enumerate(widths):
+            stages.append(BasicBlock(width, out, stride=1 if i == 0 else 2))  # halve the resolution after stage 1
+            width = out
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
 def build_model(name: str, spec: DataSpec) -> nn.Module:
     """The model ``--model`` names, sized from the data (``auto``: CNN for images, else MLP)."""
     if name == "auto":
