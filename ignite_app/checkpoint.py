@@ -354,3 +354,92 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare module behind DDP and torch.compile wrappers."""
     return _unwrap(model)
+
+
+class BackgroundSaver(BaseSaveHandler):
+    """Writes checkpoints on a worker thread, so training does not wait for the disk's fsyncs.
+
+    The calling thread takes a snapshot (every tensor copied to the CPU) and goes on; one worker
+    writes the snapshots in order through an :class:`AtomicSaver`, so each file is still whole or
+    absent. At most ``max_pending`` writes wait; a failed write (a full disk, ...) is raised by the
+    next save or by :meth:`close`, and the checkpoints written before it are kept. A checkpoint
+    larger than ``max_bytes`` is written on the calling thread, so a big model's memory never doubles.
+    """
+
+    def __init__(self, saver: AtomicSaver, max_bytes: int = 256 * 2**20, max_pending: int = 2) -> None:
+        self.saver = saver
+        self.max_bytes, self.max_pending = max_bytes, max_pending
+        self._pending: list[Any] = []  # futures, oldest first
+        self._removals: list[str] = []
+        self._failed = False
+        self._pool: Any = None
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self._collect(keep=self.max_pending - 1)
+        removals, self._removals = self._removals, []
+        if not self.saver.write or _tensor_bytes(checkpoint) > self.max_bytes:
+            self._collect(keep=0)
+            self._write(removals, checkpoint, filename, metadata)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending.append(self._pool.submit(self._write, removals, _snapshot(checkpoint), filename, metadata))
+
+    def remove(self, filename: str) -> None:
+        """Checkpoint asks before the new save: handed to the writer with that save, in order."""
+        self._removals.append(filename)
+
+    def close(self) -> None:
+        """Wait until every queued checkpoint is on disk; raise the first failed write."""
+        try:
+            self._collect(keep=0)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _collect(self, keep: int) -> None:
+        while self._pending and (self._pending[0].done() or len(self._pending) > keep):
+            self._pending.pop(0).result()  # re-raises the write's error here, on the training thread
+
+    def _write(self, removals: list[str], checkpoint: Mapping, filename: str, metadata: Mapping | None) -> None:
+        if self._failed:
+            return  # nothing after a failed write: the newest checkpoint on disk stays the last good one
+        try:
+            for name in removals:
+                self.saver.remove(name)
+            self.saver(checkpoint, filename, metadata)
+        except BaseException:
+            self._failed = True
+            raise
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a checkpoint that later training steps cannot change: tensors copied to the CPU."""
+    from collections import OrderedDict
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        items = [(k, _snapshot(v)) for k, v in value.items()]
+        if not hasattr(value, "_metadata"):
+            return dict(items)
+        copy = OrderedDict(items)  # a module state_dict: keep its version metadata
+        copy._metadata = value._metadata  # type: ignore[attr-defined]
+        return copy
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors in a (nested) checkpoint."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0

@@ -19,29 +19,28 @@ from ignite_app.errors import NonFiniteLossError
 class LossTracker:
     """Keeps each iteration's loss on the device and reads them on the host every ``check_every`` iterations.
 
-    It finds the first non-finite loss (with its iteration) and the epoch's mean training loss,
-    without a host-device sync per iteration on GPUs.
+    It finds the first non-finite loss (with its iteration) and the epoch's mean training loss with
+    one host read per window: no host-device sync per iteration on GPUs, no per-iteration copy on CPUs.
     """
 
-    def __init__(self, check_every: int, device: torch.device) -> None:
-        self.window = torch.zeros(check_every, device=device)
-        self.filled = 0
+    def __init__(self, check_every: int) -> None:
+        self.check_every = check_every
+        self.pending: list[Any] = []  # the window's losses: device tensors (floats after a resume)
         self.total = 0.0
         self.count = 0
 
     def record(self, engine: Engine) -> None:
-        """ITERATION_COMPLETED: store the loss; check the window when it is full."""
-        self.window[self.filled].copy_(engine.state.output)
-        self.filled += 1
-        if self.filled == len(self.window):
+        """ITERATION_COMPLETED: keep the loss tensor; check the window when it is full."""
+        self.pending.append(engine.state.output)
+        if len(self.pending) >= self.check_every:
             self.check(engine)
 
     def check(self, engine: Engine) -> None:
         """Read the stored losses; raise :class:`NonFiniteLossError` at the first NaN or inf."""
-        if self.filled == 0:
+        if not self.pending:
             return
-        values = self.window[: self.filled].tolist()  # the one host sync per window
-        first = engine.state.iteration - self.filled + 1
+        values = self.values()
+        first = engine.state.iteration - len(values) + 1
         for offset, value in enumerate(values):
             if not math.isfinite(value):
                 raise NonFiniteLossError(
@@ -50,12 +49,18 @@ class LossTracker:
                 )
         self.total += sum(values)
         self.count += len(values)
-        self.filled = 0
+        self.pending = []
+
+    def values(self) -> list[float]:
+        """The window's losses as floats, in order: one host read for all the device tensors."""
+        carried = [float(v) for v in self.pending if not isinstance(v, torch.Tensor)]
+        tensors = [v for v in self.pending if isinstance(v, torch.Tensor)]
+        return carried + (torch.stack(tensors).tolist() if tensors else [])  # the one host sync per window
 
     def start_epoch(self, engine: Engine) -> None:
         """EPOCH_STARTED: a fresh epoch mean (not on a mid-epoch resume, whose partial sums were restored)."""
         if (engine.state.iteration % engine.state.epoch_length) == 0:
-            self.total, self.count, self.filled = 0.0, 0, 0
+            self.total, self.count, self.pending = 0.0, 0, []
 
     def end_epoch(self, engine: Engine) -> None:
         """EPOCH_COMPLETED: publish the epoch's mean loss as ``train_loss``."""
@@ -63,13 +68,14 @@ class LossTracker:
         engine.state.metrics["train_loss"] = self.total / max(self.count, 1)
 
     def state_dict(self) -> dict[str, Any]:
-        """Partial epoch sums, so a mid-epoch resume reports the same epoch mean."""
-        return {"window": self.window.detach().cpu().clone(), "filled": self.filled, "total": self.total, "count": self.count}
+        """Partial epoch sums and the unread window, so a mid-epoch resume reports the same epoch mean."""
+        return {"pending": torch.tensor(self.values(), dtype=torch.float64), "total": self.total, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the partial sums."""
-        self.window.copy_(state["window"])
-        self.filled, self.total, self.count = int(state["filled"]), float(state["total"]), int(state["count"])
+        """Restore the partial sums (also from checkpoints that stored a fixed-size ``window``)."""
+        pending = state["pending"] if "pending" in state else state["window"][: int(state["filled"])]
+        self.pending = [float(v) for v in pending.tolist()]
+        self.total, self.count = float(state["total"]), int(state["count"])
 
 
 def attach_loss_tracker(trainer: Engine, tracker: LossTracker) -> None:

@@ -85,20 +85,39 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     stop = StopSignal(cfg.time_limit)
     stop.install()
     try:
-        if run.is_writer:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, run.run_dir / "config.yaml")
-            run.tb_logger = start_tensorboard(run, resumed)
-        attach_checkpoint_saving(run, stop)
-        announce(run, echo, resumed)
+        open_run(run, stop, echo, resumed)
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
     finally:
-        stop.uninstall()
+        try:
+            close_run(run)  # waits for checkpoint writes in flight: a second Ctrl-C must still exit at once
+        finally:
+            stop.uninstall()
+    return finish(run, stop, echo)
+
+
+def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None) -> None:
+    """Write the run directory, open TensorBoard, attach checkpointing: then ``run.trainer.run`` trains.
+
+    ``train`` calls it between building and running; scripts/bench.py too, to time exactly this run.
+    """
+    if run.is_writer:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(run.cfg, run.run_dir / "config.yaml")
+        run.tb_logger = start_tensorboard(run, resumed)
+    attach_checkpoint_saving(run, stop)
+    announce(run, echo, resumed)
+
+
+def close_run(run: Run) -> None:
+    """Finish the checkpoint writes in flight (raising a failed one), then close TensorBoard."""
+    try:
+        if run.train_checkpoint is not None:
+            run.train_checkpoint.save_handler.close()
+    finally:
         if run.tb_logger is not None:
             run.tb_logger.close()
-    return finish(run, stop, echo)
 
 
 def start_tensorboard(run: Run, resumed: Resumed | None) -> Any:
@@ -172,7 +191,7 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler)
     evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
     length = epoch_length(train_sampler, cfg.batch_size)
-    tracker = LossTracker(1 if device.type == "cpu" else cfg.log_every, device)
+    tracker = LossTracker(cfg.log_every)
     run = Run(cfg=cfg, run_dir=Path(cfg.output_dir or "."), device=device, splits=splits, model=model,
               optimizer=optimizer, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
               val_loader=val_loader, train_sampler=train_sampler, epoch_length=length, to_save={}, tracker=tracker)
@@ -189,13 +208,18 @@ def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampl
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over the model's parameters."""
-    params = model.parameters()
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    """Adam, AdamW or SGD over the model's parameters; Adam and AdamW use torch's fused kernel where it runs."""
+    params = list(model.parameters())
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=can_fuse(params) or None)
+
+
+def can_fuse(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused Adam kernel takes these parameters: one kernel per step instead of ~10 ops per
+    tensor, the same update (up to float rounding) in ~20% less time for a small MLP's CPU epoch."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
@@ -223,16 +247,17 @@ def attach_training_handlers(run: Run, raw_model: torch.nn.Module, scaler: Any, 
     if cfg.lr_schedule == "cosine":
         run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(run.optimizer, T_max=cfg.epochs * run.epoch_length)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: run.scheduler.step())
+    if run.is_writer and _progress_wanted(cfg):
+        from ignite_app.tblog import attach_progress_bar
+
+        attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
     if cfg.patience > 0:
         run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience)
     if run.is_writer:
         attach_epoch_summary(trainer, evaluator, echo)
-        if _progress_wanted(cfg):
-            from ignite_app.tblog import attach_progress_bar
-
-            attach_progress_bar(trainer, cfg.log_every)
-    saver = ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer)
+    # Written on a worker thread: an epoch does not wait for the fsyncs (20 ms and more per file on some disks).
+    saver = ckpt.BackgroundSaver(ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer))
     meta = ckpt.Meta({"model_class": type(raw_model).__name__, "task": run.splits.spec.task,
                       "num_outputs": run.splits.spec.num_outputs, "input_shape": list(run.splits.spec.input_shape),
                       "world_size": idist.get_world_size(), "batch_size": cfg.batch_size})
