@@ -1,0 +1,522 @@
+#!/usr/bin/env python
+"""Benchmark ignite_app's real training pipeline against the plain PyTorch loop.
+
+Default mode, in one process, interleaved and repeated (after warm-up epochs):
+  plain   the plain loop of scripts/plain_loop.py: DataLoader(TensorDataset, shuffle=True), .to(device),
+          zero_grad / forward / loss / backward / step, then a no_grad validation pass in eval mode;
+  loader  ignite_app's pipeline as `train` builds it (validation metrics, TensorBoard, a checkpoint per
+          epoch, early stopping, the progress bar, loss tracking) on the DataLoader path (--no-in-memory);
+  memory  the same pipeline on the in-memory path (the default for tensor data).
+Same model, data, batch size, optimizer and device. Peak memory and the time from launch to the first
+iteration come from one fresh process per variant. --amp, --channels-last and --compile apply to the
+pipeline only: the plain loop stays plain.
+
+--whole-run times whole processes instead, start-up included: `python scripts/train.py` on digits
+against `python scripts/plain_loop.py` for the same number of epochs, alternating, several times.
+
+    python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
+    python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
+    python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
+    python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import redirect_stderr
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "plain": "plain loop (DataLoader)",
+    "loader": "ignite_app, DataLoader path",
+    "memory": "ignite_app, in-memory path",
+}
+MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet"}
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every variant trains on, and how."""
+
+    data_file: Path
+    model: str
+    batch_size: int
+    device: str
+    amp: str
+    channels_last: bool
+    compile: bool
+    epochs: int  # warm-up + measured: the pipeline's max_epochs
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_data(kind: str, repeat: int, samples: int, folder: Path) -> Path:
+    """The benchmark data as an .npz file (arrays x, y), read by every variant through ignite_app.data."""
+    import numpy as np
+
+    if kind == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = np.tile((bunch.images / 16.0).astype(np.float32)[:, None], (repeat, 1, 1, 1))
+        y = np.tile(bunch.target.astype(np.int64), repeat)
+    else:  # CIFAR-shaped: a fixed random pattern per class under noise, so accuracy means something
+        rng = np.random.default_rng(SEED)
+        patterns = rng.standard_normal((10, 3, 32, 32), dtype=np.float32)
+        y = rng.integers(0, 10, samples)
+        x = 0.5 * patterns[y] + rng.standard_normal((samples, 3, 32, 32), dtype=np.float32)
+    path = folder / f"{kind}.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def load_data(work: Workload) -> Any:
+    """The train/validation split exactly as ``ignite_app train --dataset npz:...`` makes it."""
+    from ignite_app.config import Config
+    from ignite_app.data import load_splits
+
+    return load_splits(Config(dataset=f"npz:{work.data_file}"))
+
+
+# ---------------------------------------------------------------- variants
+
+
+class Plain:
+    """The plain loop of scripts/plain_loop.py on the benchmark data."""
+
+    def __init__(self, work: Workload, device: Any) -> None:
+        import torch
+        from plain_loop import make_loaders
+
+        from ignite_app.models import build_model
+
+        splits = load_data(work)
+        torch.manual_seed(SEED)  # the same initial weights as the pipeline's model
+        self.model = build_model(MODELS[work.model], splits.spec).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.train_loader, self.val_loader = make_loaders(
+            (splits.train.x, splits.train.y), (splits.val.x, splits.val.y), work.batch_size)
+        self.device = device
+        self.samples = len(splits.train)
+
+    def epoch(self) -> None:
+        """One training epoch and one validation pass."""
+        from plain_loop import train_epoch, validate
+
+        train_epoch(self.model, self.optimizer, self.loss_fn, self.train_loader, self.device)
+        validate(self.model, self.loss_fn, self.val_loader, self.device)
+
+    def on_first_iteration(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the first training batch arrives."""
+        self.train_loader = _FirstBatch(self.train_loader, callback)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class _FirstBatch:
+    def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
+        self.loader, self.callback = loader, callback
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if self.callback is not None:
+                self.callback()
+                self.callback = None
+            yield batch
+
+
+class Pipeline:
+    """ignite_app's training run, built and opened exactly as ``train`` does, driven one epoch at a time."""
+
+    def __init__(self, work: Workload, device: Any, in_memory: bool, out_dir: Path) -> None:
+        from ignite.engine import Events
+
+        from ignite_app import run as app
+        from ignite_app.config import Config
+        from ignite_app.handlers import StopSignal
+
+        self.null = open(os.devnull, "w")
+        cfg = Config(
+            dataset=f"npz:{work.data_file}", model=MODELS[work.model], batch_size=work.batch_size, epochs=work.epochs,
+            seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile,
+            in_memory=in_memory, output_dir=str(out_dir), progress=True,
+            patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
+        )
+        echo = lambda line: print(line, file=self.null)  # noqa: E731  # the epoch lines, printed as usual
+        with redirect_stderr(self.null):
+            self.run = app.build_run(cfg, device, echo)
+            app.open_run(self.run, StopSignal(), echo, None)
+        # Last at EPOCH_COMPLETED (after validation and the checkpoint): hand control back to the bench.
+        self.run.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: engine.interrupt())
+        self.samples = len(self.run.train_sampler)
+
+    def epoch(self) -> None:
+        """Continue the run for one more epoch (the progress bar draws into /dev/null)."""
+        with redirect_stderr(self.null):
+            self.run.trainer.run(self.run.train_loader, max_epochs=self.run.cfg.epochs, epoch_length=self.run.epoch_length)
+
+    def on_first_iteration(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the trainer's first ITERATION_STARTED."""
+        from ignite.engine import Events
+
+        self.run.trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: callback())
+
+    def close(self) -> None:
+        """End the run (its COMPLETED handlers run once all epochs are done) and close its writers."""
+        from ignite_app import run as app
+
+        if self.run.trainer.state.epoch >= self.run.cfg.epochs:
+            self.epoch()  # resumes after the last interrupt: fires COMPLETED and ends the run
+        app.close_run(self.run)
+        self.null.close()
+
+
+def build_variant(name: str, work: Workload, device: Any, out_dir: Path) -> Plain | Pipeline:
+    """One of VARIANTS, ready to run epochs."""
+    if name == "plain":
+        return Plain(work, device)
+    from ignite_app.fastimport import import_ignite
+
+    import_ignite()  # as the ignite-app command does, before anything imports ignite
+    return Pipeline(work, device, in_memory=name == "memory", out_dir=out_dir / name)
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed(step: Callable[[], None], device: Any) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads of this process) of ``step()``, GPU work finished before and after."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+@dataclass
+class Timings:
+    """Seconds per epoch of each variant: the first (warm-up) epoch, then the measured ones."""
+
+    first: dict[str, float]
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def interleave(variants: dict[str, Plain | Pipeline], warmup: int, epochs: int, device: Any) -> Timings:
+    """Run every variant's epochs in rounds; the order rotates every round so no variant always goes first."""
+    names = list(variants)
+    out = Timings(first={}, wall={name: [] for name in names}, cpu={name: [] for name in names})
+    for round_ in range(warmup + epochs):
+        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        for name in order:
+            wall, cpu = timed(variants[name].epoch, device)
+            if round_ == 0:
+                out.first[name] = wall
+            if round_ >= warmup:
+                out.wall[name].append(wall)
+                out.cpu[name].append(cpu)
+    return out
+
+
+def probe(name: str, work: Workload, args: argparse.Namespace) -> dict[str, float]:
+    """Peak memory and launch-to-first-iteration of one variant, in a fresh process of its own."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", name, "--data-file", str(work.data_file),
+           *_workload_flags(args), "--launched-at", repr(time.time())]
+    done = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"probe {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    """``--probe NAME``: build one variant, run two epochs, print its peaks as one JSON line."""
+    import torch
+
+    from ignite_app.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    work = workload(args, Path(args.data_file), epochs=2)
+    first: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
+        variant = build_variant(args.probe, work, device, Path(tmp))
+        variant.on_first_iteration(lambda: first.append(time.time()))
+        for _ in range(2):
+            variant.epoch()
+        variant.close()
+    result = {"first_iteration_s": first[0] - args.launched_at, "peak_rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(json.dumps(result))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux's VmHWM belongs to this program's own address space; ru_maxrss would also count the
+    parent that forked it (the benchmark, with every variant loaded) up to the exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+# ---------------------------------------------------------------- report
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """``median (min-max)`` of ``values``."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def paired_ratios(times: dict[str, list[float]], name: str) -> list[float]:
+    """Per-round ratios of ``name``'s epoch time to the plain loop's (a round shares the machine's load)."""
+    if "plain" not in times:
+        return [float("nan")]
+    return [t / p for t, p in zip(times[name], times["plain"])]
+
+
+def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dict[str, dict[str, float]]) -> None:
+    """Print the results table."""
+    mem_key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
+    print(f"\n{describe_machine(args)}")
+    print(f"workload: {args.model} on {describe_data(args)}, {samples} train samples, batch {args.batch_size}, "
+          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} (pipeline only); "
+          f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
+    header = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
+              "peak CUDA MiB" if mem_key == "peak_cuda_mib" else "peak RSS MiB", "mem x plain",
+              "launch to 1st iter s", "first epoch s"]
+    plain_mem = probes.get("plain", {}).get(mem_key)
+    rows = []
+    for name, wall in timings.wall.items():
+        ratios = paired_ratios(timings.wall, name)
+        mem = probes.get(name, {}).get(mem_key)
+        rows.append([
+            VARIANTS[name], spread(wall), f"{samples / statistics.median(wall):,.0f}", spread(ratios),
+            f"{1 / statistics.median(ratios):.2f}", spread(timings.cpu[name]), spread(paired_ratios(timings.cpu, name)),
+            _fmt(mem, "{:.0f}"), _fmt(mem / plain_mem if mem and plain_mem else None, "{:.3f}"),
+            _fmt(probes.get(name, {}).get("first_iteration_s"), "{:.2f}"), f"{timings.first[name]:.3f}",
+        ])
+    print_table(header, rows)
+    print("\nmedian (min-max) over the measured epochs. time x plain: per-round ratio of epoch times (wall); "
+          "samples/s x plain = 1 / its median. CPU: process CPU time (all threads), less sensitive to other load. "
+          "Memory and launch to first iteration: one fresh process per variant. first epoch: the first warm-up "
+          "epoch, which includes torch.compile with --compile.")
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table, columns padded to line up in a terminal."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for i, row in enumerate([header, *rows]):
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def describe_machine(args: argparse.Namespace) -> str:
+    """CPU or GPU, torch version, threads and date, for the README table."""
+    import torch
+
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        where = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    return (f"machine: {where}; torch {torch.__version__}; threads {args.threads}; "
+            f"python {platform.python_version()}; {date.today().isoformat()}")
+
+
+def describe_data(args: argparse.Namespace) -> str:
+    """The data, in words."""
+    if args.data == "digits":
+        return f"digits x{args.repeat}"
+    return f"CIFAR-shaped synthetic data ({args.samples} samples)"
+
+
+# ---------------------------------------------------------------- whole runs
+
+
+def whole_run(args: argparse.Namespace) -> None:
+    """Time `scripts/train.py` and `scripts/plain_loop.py` as whole processes, alternating, start-up included."""
+    env = thread_env(args.threads)
+    results: dict[str, list[float]] = {"plain": [], "ignite_app": []}
+    cpu: dict[str, list[float]] = {"plain": [], "ignite_app": []}
+    peaks: dict[str, list[float]] = {"plain": [], "ignite_app": []}
+    epochs_done = None
+    with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
+        for rep in range(args.reps):
+            order = ["ignite_app", "plain"] if rep % 2 == 0 else ["plain", "ignite_app"]
+            for kind in order:
+                if kind == "ignite_app":
+                    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--device", args.device, "--model", args.model,
+                           "--epochs", str(args.whole_epochs), "--batch-size", str(args.batch_size),
+                           "--output-dir", str(Path(tmp) / f"run{rep}")]
+                else:
+                    cmd = [sys.executable, str(REPO / "scripts" / "plain_loop.py"), "--device", args.device,
+                           "--model", args.model, "--epochs", str(epochs_done), "--batch-size", str(args.batch_size),
+                           "--output", str(Path(tmp) / f"plain{rep}.pt")]
+                seconds, usage, out = run_process(cmd, env)
+                results[kind].append(seconds)
+                cpu[kind].append(usage.ru_utime + usage.ru_stime)
+                peaks[kind].append(usage.ru_maxrss / 1024)
+                if kind == "ignite_app":
+                    epochs_done = epochs_trained(out)
+    print(f"\n{describe_machine(args)}")
+    print(f"whole runs: {args.model} on digits, batch {args.batch_size}, {epochs_done} epochs each, "
+          f"{args.reps} alternating repetitions, start-up included\n")
+    rows = []
+    for kind in ("plain", "ignite_app"):
+        label = "python scripts/plain_loop.py" if kind == "plain" else "python scripts/train.py"
+        rows.append([label, spread(results[kind], 2), spread(paired_ratios(results, kind)), spread(cpu[kind], 2),
+                     spread(paired_ratios(cpu, kind)), f"{statistics.median(peaks[kind]):.0f}"])
+    print_table(["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"], rows)
+    print("\nmedian (min-max) over the repetitions; x plain: per-repetition ratio to the plain script's run. "
+          "CPU: user + system time of the whole process.")
+
+
+def run_process(cmd: list[str], env: dict[str, str]) -> tuple[float, Any, str]:
+    """Wall seconds, resource usage (``os.wait4``'s, of that process alone) and stdout of one command."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+        return seconds, usage, out.read()
+
+
+def epochs_trained(output: str) -> int:
+    """Epochs a train.py run completed, from its last line ('done: N epoch(s); ...')."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("done: "):
+            return int(line.split()[1])
+    raise SystemExit(f"scripts/train.py did not report its epochs:\n{output[-2000:]}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment for child processes: the same thread count as the bench."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def workload(args: argparse.Namespace, data_file: Path, epochs: int) -> Workload:
+    """The Workload the command-line options describe."""
+    return Workload(data_file=data_file, model=args.model, batch_size=args.batch_size, device=args.device, amp=args.amp,
+                    channels_last=args.channels_last, compile=args.compile, epochs=epochs)
+
+
+def _workload_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--model", args.model, "--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device, "--amp", args.amp,
+             "--threads", str(args.threads)]
+    return flags + (["--channels-last"] if args.channels_last else []) + (["--compile"] if args.compile else [])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(description="Benchmark ignite_app's pipeline against the plain PyTorch loop.")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
+    p.add_argument("--model", choices=sorted(MODELS), help="mlp (64-256-256-10 on digits), cnn, resnet [mlp; --whole-run: cnn]")
+    p.add_argument("--data", choices=("digits", "cifar"), default="digits", help="digits repeated --repeat times, or CIFAR-shaped synthetic data [digits]")
+    p.add_argument("--repeat", type=int, default=10, help="digits: how many copies of the 1,797 images [10: 14,376 train samples]")
+    p.add_argument("--samples", type=int, default=50_000, help="cifar: number of images [50000]")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=10, help="measured epochs per variant [10]")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up epochs per variant, not measured [1]")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="pipeline only")
+    p.add_argument("--channels-last", action="store_true", help="pipeline only")
+    p.add_argument("--compile", action="store_true", help="pipeline only; compile time shows in 'first epoch s'")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    p.add_argument("--variants", default="plain,loader,memory", help="comma-separated subset of plain,loader,memory")
+    p.add_argument("--no-probes", action="store_true", help="skip the per-variant processes (memory, start-up)")
+    p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py instead")
+    p.add_argument("--whole-epochs", type=int, default=20, help="--whole-run: epochs of each run [20]")
+    p.add_argument("--reps", type=int, default=5, help="--whole-run: repetitions of each command [5]")
+    p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--data-file", help=argparse.SUPPRESS)
+    p.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.model = args.model or ("cnn" if args.whole_run else "mlp")
+    if args.model == "resnet" and args.data != "cifar":
+        p.error("--model resnet needs --data cifar (3x32x32 images)")
+    if args.whole_run and (args.data != "digits" or args.model == "resnet"):
+        p.error("--whole-run trains on digits: use --model mlp or cnn")
+    variants = args.variants.split(",")
+    if not variants or any(v not in VARIANTS for v in variants):
+        p.error(f"--variants: choose from {','.join(VARIANTS)}")
+    for name in ("repeat", "samples", "batch_size", "epochs", "threads", "reps", "whole_epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark the options ask for."""
+    args = parse_args(argv)
+    if args.probe:
+        return run_probe(args)
+    if args.whole_run:
+        return whole_run(args)
+    import torch
+
+    from ignite_app.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)  # cuda -> cuda:N, as train() does
+    names = args.variants.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        data_file = write_data(args.data, args.repeat, args.samples, Path(tmp))
+        work = workload(args, data_file, epochs=args.warmup + args.epochs)
+        variants = {name: build_variant(name, work, device, Path(tmp)) for name in names}
+        samples = next(iter(variants.values())).samples
+        timings = interleave(variants, args.warmup, args.epochs, device)
+        for variant in variants.values():
+            variant.close()
+        probes = {} if args.no_probes else {name: probe(name, work, args) for name in names}
+    report(args, samples, timings, probes)
+
+
+if __name__ == "__main__":
+    from ignite_app.errors import AppError
+
+    try:
+        main()
+    except AppError as exc:  # e.g. --device cuda on a machine without one: one line, exit 2
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
