@@ -11,7 +11,7 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
     default_of, default_output_dir, load_yaml, parse_duration,
 )
 from ignite_app.errors import AppError, UserError
@@ -45,6 +45,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + _d("amp")),
     click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format for image models."),
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
+    click.option("--compile-mode", type=click.Choice(COMPILE_MODES), help="torch.compile mode; reduce-overhead replays CUDA graphs, for small models on GPUs." + _d("compile_mode")),
     click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + _d("grad_accum")),
     click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value (after unscaling)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic kernels (slower on GPU; CPU runs are exact anyway)."),

@@ -19,6 +19,7 @@ TASKS = ("auto", "classification", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
@@ -55,6 +56,7 @@ class Config:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     deterministic: bool = False
@@ -68,6 +70,7 @@ class Config:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("compile-mode", self.compile_mode, COMPILE_MODES)
         if self.backend is not None:
             _check_choice("backend", self.backend, BACKENDS)
         _check_dataset(self.dataset)

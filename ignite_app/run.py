@@ -185,7 +185,7 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
         optimizer = make_optimizer(cfg, raw_model)
         if cfg.clip_grad_norm is not None:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
-    model = wrap_model(raw_model, device, cfg.compile)
+    model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler)
@@ -222,13 +222,13 @@ def can_fuse(params: list[torch.nn.Parameter]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool, mode: str = "default") -> torch.nn.Module:
     """DDP in a process group (never DataParallel), then torch.compile if asked."""
     if in_process_group():
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile_model:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=mode)
     return model
 
 

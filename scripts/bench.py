@@ -58,6 +58,7 @@ class Workload:
     amp: str
     channels_last: bool
     compile: bool
+    compile_mode: str
     epochs: int  # warm-up + measured: the pipeline's max_epochs
 
 
@@ -154,7 +155,7 @@ class Pipeline:
         self.null = open(os.devnull, "w")
         cfg = Config(
             dataset=f"npz:{work.data_file}", model=MODELS[work.model], batch_size=work.batch_size, epochs=work.epochs,
-            seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile,
+            seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile, compile_mode=work.compile_mode,
             in_memory=in_memory, output_dir=str(out_dir), progress=True,
             patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
         )
@@ -309,7 +310,7 @@ def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dic
     mem_key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
     print(f"\n{describe_machine(args)}")
     print(f"workload: {args.model} on {describe_data(args)}, {samples} train samples, batch {args.batch_size}, "
-          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} (pipeline only); "
+          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} ({args.compile_mode}) (pipeline only); "
           f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
     header = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
               "peak CUDA MiB" if mem_key == "peak_cuda_mib" else "peak RSS MiB", "mem x plain",
@@ -439,13 +440,14 @@ def thread_env(threads: int) -> dict[str, str]:
 def workload(args: argparse.Namespace, data_file: Path, epochs: int) -> Workload:
     """The Workload the command-line options describe."""
     return Workload(data_file=data_file, model=args.model, batch_size=args.batch_size, device=args.device, amp=args.amp,
-                    channels_last=args.channels_last, compile=args.compile, epochs=epochs)
+                    channels_last=args.channels_last, compile=args.compile,
+                    compile_mode=args.compile_mode, epochs=epochs)
 
 
 def _workload_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--model", args.model, "--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device, "--amp", args.amp,
              "--threads", str(args.threads)]
-    return flags + (["--channels-last"] if args.channels_last else []) + (["--compile"] if args.compile else [])
+    return flags + (["--channels-last"] if args.channels_last else []) + (["--compile", "--compile-mode", args.compile_mode] if args.compile else [])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -462,6 +464,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="pipeline only")
     p.add_argument("--channels-last", action="store_true", help="pipeline only")
     p.add_argument("--compile", action="store_true", help="pipeline only; compile time shows in 'first epoch s'")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile, e.g. reduce-overhead [default]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     p.add_argument("--variants", default="plain,loader,memory", help="comma-separated subset of plain,loader,memory")
     p.add_argument("--no-probes", action="store_true", help="skip the per-variant processes (memory, start-up)")

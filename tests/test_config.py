@@ -52,6 +52,7 @@ from ignite_app.errors import UserError
         ({"progress": "maybe"}, r"invalid --progress 'maybe': expected true or false"),
         ({"in_memory": None}, r"invalid --in-memory None: expected true or false"),
         ({"compile": 1}, r"invalid --compile 1: expected true or false"),
+        ({"compile_mode": "fast"}, r"invalid --compile-mode 'fast': choose one of default, reduce-overhead"),
     ],
 )
 def test_bad_values_name_the_flag_and_the_fix(changes, match):

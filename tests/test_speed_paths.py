@@ -243,3 +243,21 @@ def test_bench_whole_run_times_both_scripts():
     assert rows[0] == ["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"]
     assert [r[0] for r in rows[1:]] == ["python scripts/plain_loop.py", "python scripts/train.py"]
     assert "1 epochs each" in out
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    from ignite_app import run as app
+
+    seen = {}
+
+    def fake_compile(model, mode=None):
+        seen["mode"] = mode
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = torch.nn.Linear(2, 2)
+    assert app.wrap_model(model, torch.device("cpu"), True, "reduce-overhead") is model
+    assert seen["mode"] == "reduce-overhead"
+    seen.clear()
+    app.wrap_model(model, torch.device("cpu"), False, "reduce-overhead")
+    assert seen == {}
