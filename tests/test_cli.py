@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import FAST, read_scalars, run_app, run_train
+from conftest import FAST, assert_one_error_line, read_scalars, run_app, run_train
 from ignite_app.cli import main, train_command
 from ignite_app.config import Config, build_config, load_yaml
 
@@ -37,16 +37,6 @@ def invoke(*args: str, command=main):
     """Run the command in-process; ``main`` needs the ``train`` subcommand, ``train_command`` does not."""
     argv = ["train", *args] if command is main else list(args)
     return CliRunner().invoke(command, argv, catch_exceptions=True)
-
-
-def assert_one_error_line(exit_code: int, stderr: str, output: str, match: str = "") -> str:
-    """Exit code 2, exactly one stderr line starting with ``Error:``, and no traceback anywhere."""
-    lines = stderr.strip().splitlines()
-    assert exit_code == 2, output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
-    assert "Traceback" not in output + stderr
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:
