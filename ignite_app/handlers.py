@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -96,6 +97,7 @@ def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int) -> 
     Registered on the evaluator's COMPLETED directly: ``EarlyStopping.attach`` would reset it at every run.
     """
     stopper = EarlyStopping(patience=patience, score_function=lambda e: -float(e.state.metrics["loss"]), trainer=trainer)
+    stopper.logger.setLevel(logging.WARNING)  # its timestamped INFO line repeats what the run's last line says
     evaluator.add_event_handler(Events.COMPLETED, stopper)
     return stopper
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +58,6 @@ class Run:
     train_checkpoint: Any = None
     best_checkpoint: Any = None
     tb_logger: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_writer(self) -> bool:

@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 from ignite import distributed as idist
 
-from conftest import REPO, TRAIN_SCRIPT, cli_env, read_scalars, run_torchrun, start_torchrun, torchrun_command
+from conftest import TRAIN_SCRIPT, cli_env, read_scalars, run_torchrun, start_torchrun, torchrun_command
 from ignite_app import distributed, run
 from ignite_app.checkpoint import read_checkpoint
 from ignite_app.cli import train_command
