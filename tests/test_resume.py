@@ -282,7 +282,9 @@ def test_sigterm_then_sigint_then_a_second_ctrl_c_mid_save_then_resume_is_exact(
     code, out1, err1 = stop(proc, signal.SIGTERM)
     assert code == 143, err1
     first = stopped_at(out1, "SIGTERM")
-    assert EPOCH < first < 2 * EPOCH, "the stop should land mid-epoch"
+    # Mid-epoch in practice (~45 of 90 iterations after the pause); on a very slow machine it may land on the
+    # epoch's last iteration, which is also exact. Stops at chosen mid-epoch iterations: the signal_at tests.
+    assert EPOCH < first <= 2 * EPOCH, "the stop should land in the second epoch"
     assert ckpt.read_checkpoint(folder / f"checkpoint_{first}.pt", require_checksum=True)["trainer"]["iteration"] == first
 
     proc = start_train(*resume_args(run))
