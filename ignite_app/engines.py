@@ -1,14 +1,12 @@
-"""The trainer and the evaluator: Ignite engines that run Ignite's supervised steps.
+"""The trainer and the evaluator, from Ignite's ``create_supervised_trainer`` and ``create_supervised_evaluator``.
 
-The steps are Ignite's supervised steps (zero_grad, batch to the device, forward, loss, backward,
-step, gradient accumulation) with the same hooks: ``prepare_batch`` (device, channels_last,
-regression target shape) and ``model_fn`` (autocast). Two differences, both for speed:
-the training step returns the loss as a device tensor (no host sync per iteration), and the
-steps switch train/eval mode only when it changed, not on every batch (``Module.train()``
-walks every submodule: ~40 us a batch for a small MLP, 2% of its epoch on a CPU).
-fp16 adds a GradScaler (Ignite's factory offers one on CUDA only; ours works on any device).
-Gradient clipping runs as an optimizer step pre-hook after an explicit unscale, so it sees
-true gradients.
+Ignite's steps do the work (zero_grad, batch to the device, forward, loss, backward, step,
+gradient accumulation; ``no_grad`` evaluation in eval mode). We only plug their documented hooks:
+``prepare_batch`` (device, channels_last, target dtype and shape), ``model_fn`` (autocast, on CPU
+and CUDA) and ``output_transform`` (the loss stays a device tensor: no host sync per iteration).
+Gradient clipping runs as an optimizer step pre-hook. fp16 needs a GradScaler, which Ignite's
+factory offers on CUDA only and without unscaling before the step: that one case uses
+:func:`training_step`, built the same way, which unscales first so that clipping sees true gradients.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, create_supervised_evaluator, create_supervised_trainer
 from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 
@@ -72,6 +70,11 @@ def make_model_fn(device: torch.device, amp: str) -> Callable[[nn.Module, torch.
     return forward
 
 
+def keep_loss_on_device(x: Any, y: Any, y_pred: Any, loss: torch.Tensor) -> torch.Tensor:
+    """``output_transform`` returning the detached loss tensor instead of Ignite's default ``loss.item()``."""
+    return loss.detach()
+
+
 def add_gradient_clipping(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     """Clip the global gradient norm just before every optimizer step (after any unscaling)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -99,9 +102,13 @@ def build_trainer(
     scaler: torch.amp.GradScaler | None = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor."""
-    step = training_step(model, optimizer, loss_for(task), device, make_prepare_batch(task, channels_last),
-                         make_model_fn(device, amp), scaler, grad_accum, non_blocking=device.type == "cuda")
-    return Engine(step)
+    prepare, model_fn, non_blocking = make_prepare_batch(task, channels_last), make_model_fn(device, amp), device.type == "cuda"
+    if scaler is not None:
+        return Engine(training_step(model, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))
+    return create_supervised_trainer(
+        model, optimizer, loss_for(task), device=device, non_blocking=non_blocking, prepare_batch=prepare,
+        output_transform=keep_loss_on_device, gradient_accumulation_steps=grad_accum, model_fn=model_fn,
+    )
 
 
 def training_step(
@@ -111,28 +118,23 @@ def training_step(
     device: torch.device,
     prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     model_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-    scaler: torch.amp.GradScaler | None,
+    scaler: torch.amp.GradScaler,
     grad_accum: int,
     non_blocking: bool,
 ) -> Callable[[Engine, Any], torch.Tensor]:
-    """Ignite's supervised training step, with an optional GradScaler; returns the detached loss."""
+    """Ignite's supervised training step with a GradScaler on any device; returns the detached loss."""
 
     def update(engine: Engine, batch: Any) -> torch.Tensor:
         if (engine.state.iteration - 1) % grad_accum == 0:
             optimizer.zero_grad()
-        if not model.training:  # the evaluator switched it; cheaper than model.train() on every batch
-            model.train()
+        model.train()
         x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
         loss = loss_fn(model_fn(model, x), y)
-        scaled = loss / grad_accum if grad_accum > 1 else loss
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        scaler.scale(loss / grad_accum if grad_accum > 1 else loss).backward()
         if engine.state.iteration % grad_accum == 0:
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.unscale_(optimizer)  # true gradients for the clipping pre-hook, even with fused optimizers
-                scaler.step(optimizer)
-                scaler.update()
+            scaler.unscale_(optimizer)  # true gradients for the clipping pre-hook, even with fused optimizers
+            scaler.step(optimizer)
+            scaler.update()
         return loss.detach()
 
     return update
@@ -147,26 +149,7 @@ def build_evaluator(
     channels_last: bool = False,
 ) -> Engine:
     """The ``no_grad`` evaluation engine with the task's metrics attached."""
-    evaluator = Engine(evaluation_step(model, device, make_prepare_batch(task, channels_last), make_model_fn(device, amp)))
-    for name, metric in metrics_for(task, device).items():
-        metric.attach(evaluator, name)
-    return evaluator
-
-
-def evaluation_step(
-    model: nn.Module,
-    device: torch.device,
-    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    model_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-) -> Callable[[Engine, Any], tuple[torch.Tensor, torch.Tensor]]:
-    """Ignite's supervised evaluation step: ``(y_pred, y)`` under ``no_grad`` in eval mode."""
-    non_blocking = device.type == "cuda"
-
-    def evaluate(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if model.training:
-            model.eval()
-        with torch.no_grad():
-            x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
-            return model_fn(model, x), y
-
-    return evaluate
+    return create_supervised_evaluator(
+        model, metrics=metrics_for(task, device), device=device, non_blocking=device.type == "cuda",
+        prepare_batch=make_prepare_batch(task, channels_last), model_fn=make_model_fn(device, amp),
+    )
