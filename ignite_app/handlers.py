@@ -48,7 +48,8 @@ class LossTracker:
                     f"the training loss became {value} at iteration {first + offset} (epoch {engine.state.epoch}); "
                     "the last good checkpoint is kept: lower --lr or use --clip-grad-norm"
                 )
-        self.total += sum(values)
+        for value in values:  # one value at a time: the sum must not depend on where windows (or a resume) fall
+            self.total += value
         self.count += len(values)
         self.pending = []
 
