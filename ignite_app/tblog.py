@@ -102,48 +102,10 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
 
 
-def attach_progress_bar(trainer: Engine, every: int) -> EpochProgress:
-    """A tqdm bar on stderr for each training epoch, advanced every ``every`` iterations."""
-    bar = EpochProgress()
-    trainer.add_event_handler(Events.EPOCH_STARTED, bar.start)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), bar.advance)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED | Events.COMPLETED, bar.close)
+def attach_progress_bar(trainer: Engine, every: int) -> Any:
+    """Ignite's tqdm ProgressBar on stderr, refreshed (and the loss read from the device) every ``every`` iterations."""
+    from ignite.handlers import ProgressBar
+
+    bar = ProgressBar(persist=False)
+    bar.attach(trainer, output_transform=lambda loss: {"loss": float(loss)}, event_name=Events.ITERATION_COMPLETED(every=every))
     return bar
-
-
-class EpochProgress:
-    """The epoch's progress and loss on one tqdm line that disappears when the epoch ends.
-
-    Ignite's ProgressBar redraws up to three times per update; here tqdm redraws at most every
-    0.1 s, and the loss (a host sync on GPUs) is read only when a redraw is due.
-    """
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def start(self, engine: Engine) -> None:
-        """EPOCH_STARTED: a new bar (advanced past the iterations a mid-epoch resume skips)."""
-        from tqdm import tqdm
-
-        self.close(engine)
-        self.bar = tqdm(total=engine.state.epoch_length, desc=f"Epoch [{engine.state.epoch}/{engine.state.max_epochs}]",
-                        initial=self._done(engine), leave=False, file=sys.stderr, dynamic_ncols=True)
-
-    def advance(self, engine: Engine) -> None:
-        """Move the bar to the current iteration; show the loss if tqdm is about to redraw."""
-        bar = self.bar
-        if bar is None:
-            return
-        if time.time() - bar.last_print_t >= bar.mininterval:
-            bar.set_postfix(loss=f"{float(engine.state.output):.4g}", refresh=False)
-        bar.update(self._done(engine) - bar.n)
-
-    def close(self, engine: Engine) -> None:
-        """Remove the bar."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    @staticmethod
-    def _done(engine: Engine) -> int:
-        return engine.state.iteration - (engine.state.epoch - 1) * (engine.state.epoch_length or 0)
