@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Events
 from torch import nn
 
 from conftest import REPO, cli_env
 from ignite_app import checkpoint as ckpt
 from ignite_app.config import Config
-from ignite_app.engines import add_gradient_clipping, build_trainer, make_scaler
+from ignite_app.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
 from ignite_app.errors import DiskFullError
 from ignite_app.handlers import LossTracker
 from ignite_app.run import build_run, close_run, make_optimizer
@@ -49,6 +50,40 @@ def test_in_memory_and_dataloader_paths_train_identical_weights(tmp_path, torch_
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert fast.evaluator.state.metrics == slow.evaluator.state.metrics
+
+
+class ModeLog(nn.Module):
+    """A linear model that logs every mode switch and the mode of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 3)
+        self.switches: list[bool] = []
+        self.forwards: list[bool] = []
+
+    def train(self, mode: bool = True) -> "ModeLog":
+        self.switches.append(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards.append(self.inner.training)
+        return self.inner(x)
+
+
+def test_engines_switch_the_model_mode_only_when_it_changes():
+    model = ModeLog()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = build_trainer(model, optimizer, "classification", CPU)
+    evaluator = build_evaluator(model, "classification", CPU)
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(batches[:2]))
+    model.eval()  # as check_model_fits leaves it only if it was in eval mode
+    model.switches.clear()
+    trainer.run(batches, max_epochs=2)
+    # 3 training batches in train mode, 2 validation batches in eval mode, per epoch; one switch per change
+    assert model.forwards == ([True] * 3 + [False] * 2) * 2
+    assert model.switches == [True, False, True, False]
+    assert not model.inner.training
 
 
 def test_bf16_autocast_on_cpu_stays_close_to_fp32(tmp_path, torch_threads):
