@@ -356,7 +356,9 @@ def test_padded_shards_have_equal_length():
     assert set(sum(shards, [])) == set(range(10))
 
 
-def test_in_memory_loader_and_dataloader_yield_identical_batches():
+@pytest.mark.parametrize("chunk_batches", [1, 2, 100])  # gathered one batch at a time, two, or the whole epoch
+def test_in_memory_loader_and_dataloader_yield_identical_batches(chunk_batches, monkeypatch):
+    monkeypatch.setattr(InMemoryLoader, "CHUNK_BYTES", chunk_batches * 8 * 3 * 4)  # batch 8 of 3 float32
     g = torch.Generator().manual_seed(0)
     data = ArrayDataset(torch.randn(37, 3, generator=g), torch.arange(37))
     sampler = EpochSampler(37, seed=5, shuffle=True)
