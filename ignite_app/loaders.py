@@ -68,7 +68,7 @@ class InMemoryLoader:
     Used for tensor-backed data that fits in memory; the tensors may live on the GPU.
     """
 
-    CHUNK_BYTES = 32 * 2**20
+    CHUNK_BYTES = 2**20
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, sampler: EpochSampler, device: torch.device | None = None):
         self.x = dataset.x if device is None else dataset.x.to(device)
@@ -81,7 +81,7 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Gather many batches per index_select (each call costs ~25 us on a CPU, as much as a small
-        # model's layer), then hand out contiguous views; a chunk holds at most CHUNK_BYTES of inputs.
+        # model's layer), then hand out contiguous views; a chunk holds at most CHUNK_BYTES of inputs (or one batch).
         idx = self.sampler.indices().to(self.x.device)
         sample_bytes = max(1, self.x[:1].numel() * self.x.element_size())
         step = self.batch_size * max(1, self.CHUNK_BYTES // (sample_bytes * self.batch_size))
