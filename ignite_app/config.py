@@ -57,6 +57,7 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    cuda_graph: bool = False
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     deterministic: bool = False
@@ -79,7 +80,7 @@ class Config:
         for name in ("target", "output_dir", "resume"):
             _check_text(name, getattr(self, name), optional=True)
         _check_flag("progress", self.progress, optional=True)
-        for name in ("channels_last", "compile", "deterministic", "in_memory"):
+        for name in ("channels_last", "compile", "cuda_graph", "deterministic", "in_memory"):
             _check_flag(name, getattr(self, name), optional=False)
         _check_number("epochs", self.epochs, minimum=1)
         _check_number("batch-size", self.batch_size, minimum=1)
@@ -95,6 +96,8 @@ class Config:
             _check_positive("clip-grad-norm", self.clip_grad_norm)
         if self.time_limit is not None:
             _check_positive("time-limit", self.time_limit)
+        if self.cuda_graph:
+            _check_cuda_graph(self)
 
     @property
     def is_user_model(self) -> bool:
@@ -219,6 +222,19 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def _check_cuda_graph(cfg: Config) -> None:
+    """--cuda-graph records one fixed step: refuse the options that change a step from the host."""
+    conflicts = [
+        ("--amp fp16", cfg.amp == "fp16", "use --amp bf16 or off"),
+        (f"--grad-accum {cfg.grad_accum}", cfg.grad_accum > 1, "use --grad-accum 1"),
+        ("--compile", cfg.compile, "drop --compile (its reduce-overhead mode records graphs of its own)"),
+        (f"--optimizer {cfg.optimizer}", cfg.optimizer not in ("adam", "adamw"), "use adam or adamw"),
+    ]
+    for flag, bad, fix in conflicts:
+        if bad:
+            raise UserError(f"--cuda-graph does not work with {flag}: {fix}, or drop --cuda-graph")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

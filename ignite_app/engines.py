@@ -63,14 +63,17 @@ def make_prepare_batch(task: str, channels_last: bool) -> Callable[..., tuple[to
     return prepare
 
 
-def make_model_fn(device: torch.device, amp: str) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """Forward pass, under autocast when ``amp`` asks for it; the output is cast back to fp32 for the loss."""
+def make_model_fn(device: torch.device, amp: str, cache: bool = True) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Forward pass, under autocast when ``amp`` asks for it; the output is cast back to fp32 for the loss.
+
+    ``cache=False`` turns off autocast's cache of cast weights, which a CUDA graph recording must not use.
+    """
     if amp == "off":
         return lambda model, x: model(x)
     dtype = AMP_DTYPES[amp]
 
     def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=dtype):
+        with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache):
             out = model(x)
         return out.float()
 
@@ -131,10 +134,24 @@ def build_trainer(
     channels_last: bool = False,
     grad_accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
+    graph_batch_size: int | None = None,
+    recorder: Any = None,
 ) -> Engine:
-    """The training engine; its output is the batch loss as a device tensor."""
+    """The training engine; its output is the batch loss as a device tensor.
+
+    With ``graph_batch_size``, Ignite's step is recorded once and replayed as a CUDA graph for
+    batches of that size (:mod:`ignite_app.cudagraph`; ``recorder`` replaces the CUDA recorder in tests).
+    """
     prepare, model_fn, non_blocking = make_prepare_batch(task, channels_last), make_model_fn(device, amp), device.type == "cuda"
-    model = ModeSwitch(model)  # type: ignore[assignment]
+    handle = ModeSwitch(model)
+    if graph_batch_size is not None:
+        from ignite_app.cudagraph import GraphedStep
+
+        step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
+                                        prepare_batch=prepare, output_transform=keep_loss_on_device,
+                                        model_fn=make_model_fn(device, amp, cache=False))
+        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size, recorder))
+    model = handle  # type: ignore[assignment]
     if scaler is not None:
         return Engine(training_step(model, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))
     return create_supervised_trainer(

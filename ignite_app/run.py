@@ -150,6 +150,10 @@ def pick_device(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     if in_process_group():
         device = local_device(device, cfg.device, idist.get_local_rank(), torch.cuda.device_count())
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device, not {device}: pass --device cuda:0, or drop --cuda-graph")
+    if cfg.cuda_graph and in_process_group():
+        raise UserError("--cuda-graph runs in one process only: drop --cuda-graph under torchrun or srun")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -187,7 +191,8 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
-                            channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler)
+                            channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
+                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
     evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
     length = epoch_length(train_sampler, cfg.batch_size)
     tracker = LossTracker(cfg.log_every)

@@ -1,0 +1,127 @@
+"""``--cuda-graph``: Ignite's step recorded once and replayed gives what the eager step gives.
+
+On a CPU the recording is stood in for by :class:`StaticRecorder`, which keeps the CUDA graph's
+contract (the step runs on static input buffers and writes one static output, overwritten by every
+replay), so the bookkeeping around it is tested here: the warm-up undone, batches copied in, the
+loss copied out, partial batches run eagerly, the learning rate refreshed, resume. The real
+``torch.cuda.graph`` recording is tested by the CUDA test at the end, on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from conftest import assert_one_error_line, invoke_app, run_train
+
+from ignite_app import checkpoint as ckpt
+from ignite_app import cudagraph
+from ignite_app import run as app
+from ignite_app.config import Config
+from ignite_app.cudagraph import GraphedStep
+
+CPU = torch.device("cpu")
+
+
+class StaticRecorder:
+    """Replays by running the step again and writing its loss into one static tensor, as a graph would."""
+
+    def warm_up(self, fn: Callable[[], Any], times: int) -> None:
+        for _ in range(times):
+            fn()
+
+    def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        static = fn().clone()
+
+        def replay() -> torch.Tensor:
+            static.copy_(fn())
+            return static
+
+        return replay
+
+
+@pytest.fixture
+def static_recorder(monkeypatch):
+    monkeypatch.setattr(cudagraph, "CudaRecorder", lambda device: StaticRecorder())
+
+
+def trained(tmp_path: Path, name: str, epochs: int = 2, **options: Any) -> app.Run:
+    """A real run (digits, every default handler) trained in this process on the CPU."""
+    cfg = Config(dataset="digits", model="mlp", epochs=epochs, patience=0, progress=False, device="cpu",
+                 lr_schedule="cosine", output_dir=str(tmp_path / name), **options)
+    run = app.build_run(cfg, CPU, echo=lambda line: None)
+    try:
+        run.trainer.run(run.train_loader, max_epochs=epochs, epoch_length=run.epoch_length)
+    finally:
+        app.close_run(run)
+    return run
+
+
+def weights(run: app.Run) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in ckpt.unwrap_model(run.model).state_dict().items()}
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_replayed_steps_train_exactly_what_ignites_eager_step_trains(tmp_path, torch_threads, static_recorder, amp):
+    graphed = trained(tmp_path, "graph", cuda_graph=True, amp=amp)
+    eager = trained(tmp_path, "eager", amp=amp)
+    step = graphed.trainer._process_function
+    assert isinstance(step, GraphedStep)
+    # digits: 1437 training samples = 22 batches of 64 and one of 29, per epoch; dropout is on (mlp)
+    assert (step.replays, step.eager_steps) == (44, 2)
+    a, b = weights(graphed), weights(eager)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert graphed.trainer.state.metrics["train_loss"] == eager.trainer.state.metrics["train_loss"]
+    assert graphed.evaluator.state.metrics == eager.evaluator.state.metrics
+    # the cosine schedule reached the graph's learning-rate tensor: the last replay (iteration 45 of 46)
+    # ran at 1e-3 * (1 + cos(pi * 44 / 46)) / 2; the optimizer keeps a plain float for checkpoints
+    assert step.lr[0].item() == pytest.approx(1e-3 * (1 + math.cos(math.pi * 44 / 46)) / 2, rel=1e-5)
+    assert isinstance(graphed.optimizer.param_groups[0]["lr"], float)
+
+
+def test_a_graphed_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_path, torch_threads, static_recorder, monkeypatch):
+    monkeypatch.setattr(app, "pick_device", lambda cfg: CPU)  # --cuda-graph on this CPU, through train()
+    base: dict[str, Any] = {"dataset": "digits", "model": "mlp", "patience": 0, "progress": False, "device": "cpu",
+                            "cuda_graph": True, "lr_schedule": "cosine"}
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert app.train(Config(epochs=3, output_dir=str(whole), **base), echo=lambda line: None) == 0
+    assert app.train(Config(epochs=3, output_dir=str(parts), time_limit=1e-9, **base), echo=lambda line: None) == 0
+    first = sorted((parts / "checkpoints").glob("checkpoint_*.pt"))
+    assert [p.name for p in first] == ["checkpoint_1.pt"]  # stopped after the first (replayed) step
+    assert app.train(Config(epochs=3, output_dir=str(parts), resume=str(parts), **base), echo=lambda line: None) == 0
+    end_whole = torch.load(whole / "checkpoints" / "checkpoint_69.pt", weights_only=True)
+    end_parts = torch.load(parts / "checkpoints" / "checkpoint_69.pt", weights_only=True)
+    assert all(torch.equal(end_whole["model"][k], end_parts["model"][k]) for k in end_whole["model"])
+    assert torch.equal(end_whole["optimizer"]["state"][0]["exp_avg"], end_parts["optimizer"]["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--amp", "fp16"], "--cuda-graph does not work with --amp fp16"),
+    (["--grad-accum", "2"], "--cuda-graph does not work with --grad-accum 2"),
+    (["--compile"], "--cuda-graph does not work with --compile"),
+    (["--optimizer", "sgd"], "--cuda-graph does not work with --optimizer sgd"),
+    (["--device", "cpu"], "--cuda-graph needs a CUDA device, not cpu"),
+])
+def test_cuda_graph_refuses_what_it_cannot_record(tmp_path, flags, match):
+    out = tmp_path / "run"
+    result = invoke_app("train", "--cuda-graph", "--output-dir", str(out), "--epochs", "1", *flags)
+    assert_one_error_line(result.exit_code, result.stderr, result.output, match)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_recorded_graph_trains_like_the_eager_step(tmp_path):
+    runs = {}
+    for name, extra in {"eager": [], "graph": ["--cuda-graph"]}.items():
+        out = tmp_path / name
+        done = run_train("--device", "cuda:0", "--epochs", "3", "--patience", "0", "--no-progress", "--deterministic",
+                         "--lr-schedule", "cosine", "--output-dir", str(out), *extra)
+        assert done.returncode == 0, done.stderr
+        runs[name] = torch.load(out / "checkpoints" / "checkpoint_69.pt", weights_only=True, map_location="cpu")
+    a, b = runs["eager"]["model"], runs["graph"]["model"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-3, atol=1e-4), key
+    assert runs["graph"]["optimizer"]["param_groups"][0]["capturable"] is False  # checkpoints load on a CPU
