@@ -8,7 +8,7 @@ Default mode, in one process, interleaved and repeated (after warm-up epochs):
           epoch, early stopping, the progress bar, loss tracking) on the DataLoader path (--no-in-memory);
   memory  the same pipeline on the in-memory path (the default for tensor data).
 Same model, data, batch size, optimizer and device. Peak memory and the time from launch to the first
-iteration come from one fresh process per variant. --amp, --channels-last and --compile apply to the
+iteration come from one fresh process per variant. --amp, --channels-last, --compile and --cuda-graph apply to the
 pipeline only: the plain loop stays plain.
 
 --whole-run times whole processes instead, start-up included: `python scripts/train.py` on digits
@@ -59,6 +59,7 @@ class Workload:
     channels_last: bool
     compile: bool
     compile_mode: str
+    cuda_graph: bool
     epochs: int  # warm-up + measured: the pipeline's max_epochs
 
 
@@ -156,6 +157,7 @@ class Pipeline:
         cfg = Config(
             dataset=f"npz:{work.data_file}", model=MODELS[work.model], batch_size=work.batch_size, epochs=work.epochs,
             seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile, compile_mode=work.compile_mode,
+            cuda_graph=work.cuda_graph,
             in_memory=in_memory, output_dir=str(out_dir), progress=True,
             patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
         )
@@ -310,7 +312,8 @@ def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dic
     mem_key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
     print(f"\n{describe_machine(args)}")
     print(f"workload: {args.model} on {describe_data(args)}, {samples} train samples, batch {args.batch_size}, "
-          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} ({args.compile_mode}) (pipeline only); "
+          f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} ({args.compile_mode}), "
+          f"cuda_graph {args.cuda_graph} (pipeline only); "
           f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
     header = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
               "peak CUDA MiB" if mem_key == "peak_cuda_mib" else "peak RSS MiB", "mem x plain",
@@ -441,13 +444,14 @@ def workload(args: argparse.Namespace, data_file: Path, epochs: int) -> Workload
     """The Workload the command-line options describe."""
     return Workload(data_file=data_file, model=args.model, batch_size=args.batch_size, device=args.device, amp=args.amp,
                     channels_last=args.channels_last, compile=args.compile,
-                    compile_mode=args.compile_mode, epochs=epochs)
+                    compile_mode=args.compile_mode, cuda_graph=args.cuda_graph, epochs=epochs)
 
 
 def _workload_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--model", args.model, "--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device, "--amp", args.amp,
              "--threads", str(args.threads)]
-    return flags + (["--channels-last"] if args.channels_last else []) + (["--compile", "--compile-mode", args.compile_mode] if args.compile else [])
+    return flags + (["--channels-last"] if args.channels_last else []) + (["--compile", "--compile-mode", args.compile_mode] if args.compile else []) + (
+        ["--cuda-graph"] if args.cuda_graph else [])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -464,6 +468,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="pipeline only")
     p.add_argument("--channels-last", action="store_true", help="pipeline only")
     p.add_argument("--compile", action="store_true", help="pipeline only; compile time shows in 'first epoch s'")
+    p.add_argument("--cuda-graph", action="store_true", help="pipeline only: replay each training step as a CUDA graph")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile, e.g. reduce-overhead [default]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     p.add_argument("--variants", default="plain,loader,memory", help="comma-separated subset of plain,loader,memory")
