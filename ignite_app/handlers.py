@@ -74,9 +74,8 @@ class LossTracker:
         return {"pending": torch.tensor(self.values(), dtype=torch.float64), "total": self.total, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the partial sums (also from checkpoints that stored a fixed-size ``window``)."""
-        pending = state["pending"] if "pending" in state else state["window"][: int(state["filled"])]
-        self.pending = [float(v) for v in pending.tolist()]
+        """Restore the partial sums and the unread window."""
+        self.pending = [float(v) for v in state["pending"].tolist()]
         self.total, self.count = float(state["total"]), int(state["count"])
 
 

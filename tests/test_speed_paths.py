@@ -185,9 +185,6 @@ def test_loss_tracker_reads_a_window_at_once_and_round_trips_its_state():
     restored = LossTracker(check_every=10)  # --log-every may change on resume
     restored.load_state_dict(state)
     assert restored.values() == [5.0, 6.0] and (restored.total, restored.count) == (10.0, 4)
-    old = {"window": torch.tensor([7.0, 8.0, 0.0]), "filled": 2, "total": 1.0, "count": 1}  # the earlier layout
-    restored.load_state_dict(old)
-    assert restored.values() == [7.0, 8.0]
 
 
 def test_background_saver_writes_a_snapshot_and_raises_a_failed_write_later(tmp_path, monkeypatch):
