@@ -4,7 +4,8 @@ On a CPU the recording is stood in for by :class:`StaticRecorder`, which keeps t
 contract (the step runs on static input buffers and writes one static output, overwritten by every
 replay), so the bookkeeping around it is tested here: the warm-up undone, batches copied in, the
 loss copied out, partial batches run eagerly, the learning rate refreshed, resume. The real
-``torch.cuda.graph`` recording is tested by the CUDA test at the end, on a GPU machine.
+``torch.cuda.graph`` recording is tested by the two CUDA tests at the end, on a GPU machine
+(``scripts/gpu_check.sh speed``): against the eager step, and across a stop and a resume.
 """
 
 from __future__ import annotations
@@ -125,3 +126,18 @@ def test_on_cuda_the_recorded_graph_trains_like_the_eager_step(tmp_path):
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-3, atol=1e-4), key
     assert runs["graph"]["optimizer"]["param_groups"][0]["capturable"] is False  # checkpoints load on a CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_a_graphed_run_stopped_after_its_first_replay_resumes_exactly(tmp_path):
+    common = ["--device", "cuda:0", "--epochs", "2", "--patience", "0", "--no-progress", "--deterministic",
+              "--lr-schedule", "cosine", "--cuda-graph"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_train(*common, "--output-dir", str(whole)).returncode == 0
+    first = run_train(*common, "--output-dir", str(parts), "--time-limit", "0.000001")
+    assert first.returncode == 0 and "iteration 1 " in first.stdout, first.stdout + first.stderr
+    done = run_train("--resume", str(parts), "--no-progress", "--time-limit", "1h")  # the limit is kept on resume
+    assert done.returncode == 0 and "done: 2 epoch(s)" in done.stdout, done.stdout + done.stderr
+    a, b = (torch.load(run / "checkpoints" / "checkpoint_46.pt", weights_only=True, map_location="cpu") for run in (whole, parts))
+    diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), f"max abs difference {diff:.3g}"
