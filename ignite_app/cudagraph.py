@@ -26,6 +26,8 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from ignite_app.errors import UserError
+
 Step = Callable[[Engine, Any], torch.Tensor]
 
 
@@ -64,18 +66,6 @@ class CudaRecorder:
             return out
 
         return replay
-
-
-class EagerRecorder:
-    """Runs the step instead of recording it: the same bookkeeping, testable on a CPU."""
-
-    def warm_up(self, fn: Callable[[], Any], times: int) -> None:
-        for _ in range(times):
-            fn()
-
-    def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        fn()  # recording runs the step once (its effects are undone like the warm-up's)
-        return fn
 
 
 class GraphedStep:
@@ -143,7 +133,12 @@ class GraphedStep:
 
             self.recorder.warm_up(run, self.WARMUP_STEPS)
             self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's memory
-            self.replay = self.recorder.record(run)
+            try:
+                self.replay = self.recorder.record(run)
+            except RuntimeError as exc:  # e.g. a model that reads a value on the host (.item(), data-dependent shapes)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"--cuda-graph could not record this model's training step ({first[:200]}); "
+                                "drop --cuda-graph for this model") from None
             self.grads = [p.grad for p in self._params()]
         finally:
             for group, lr, flag in zip(groups, floats, capturable):
@@ -159,7 +154,7 @@ class GraphedStep:
                 self.lr_seen[i] = lr
 
     def _state_tensors(self) -> list[torch.Tensor]:
-        return [t for t in (*self.model.parameters(), *self.model.buffers())]
+        return [*self.model.parameters(), *self.model.buffers()]
 
     def _snapshot(self) -> dict[str, Any]:
         with torch.no_grad():

@@ -6,9 +6,11 @@ gradient accumulation; ``no_grad`` evaluation in eval mode). We only plug their 
 and CUDA) and ``output_transform`` (the loss stays a device tensor: no host sync per iteration).
 Both engines get the model through a :class:`ModeSwitch`, whose ``train()``/``eval()`` only walk
 the modules when the mode changes (the steps ask for the mode on every batch: ~5% of a small
-model's CPU epoch). Gradient clipping runs as an optimizer step pre-hook. fp16 needs a GradScaler, which Ignite's
-factory offers on CUDA only and without unscaling before the step: that one case uses
-:func:`training_step`, built the same way, which unscales first so that clipping sees true gradients.
+model's CPU epoch). Gradient clipping runs as an optimizer step pre-hook. fp16 needs a
+GradScaler, which Ignite's factory offers on CUDA only and without unscaling before the step:
+that one case uses :func:`training_step`, built the same way, which unscales first so that
+clipping sees true gradients. ``--cuda-graph`` records Ignite's ``supervised_training_step``
+(the step ``create_supervised_trainer`` wraps) and replays it (:mod:`ignite_app.cudagraph`).
 """
 
 from __future__ import annotations
@@ -135,12 +137,11 @@ def build_trainer(
     grad_accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     graph_batch_size: int | None = None,
-    recorder: Any = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor.
 
     With ``graph_batch_size``, Ignite's step is recorded once and replayed as a CUDA graph for
-    batches of that size (:mod:`ignite_app.cudagraph`; ``recorder`` replaces the CUDA recorder in tests).
+    batches of that size (:mod:`ignite_app.cudagraph`).
     """
     prepare, model_fn, non_blocking = make_prepare_batch(task, channels_last), make_model_fn(device, amp), device.type == "cuda"
     handle = ModeSwitch(model)
@@ -150,7 +151,7 @@ def build_trainer(
         step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
                                         prepare_batch=prepare, output_transform=keep_loss_on_device,
                                         model_fn=make_model_fn(device, amp, cache=False))
-        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size, recorder))
+        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
     model = handle  # type: ignore[assignment]
     if scaler is not None:
         return Engine(training_step(model, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))

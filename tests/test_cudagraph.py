@@ -23,6 +23,7 @@ from ignite_app import cudagraph
 from ignite_app import run as app
 from ignite_app.config import Config
 from ignite_app.cudagraph import GraphedStep
+from ignite_app.errors import UserError
 
 CPU = torch.device("cpu")
 
@@ -97,6 +98,33 @@ def test_a_graphed_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one
     end_parts = torch.load(parts / "checkpoints" / "checkpoint_69.pt", weights_only=True)
     assert all(torch.equal(end_whole["model"][k], end_parts["model"][k]) for k in end_whole["model"])
     assert torch.equal(end_whole["optimizer"]["state"][0]["exp_avg"], end_parts["optimizer"]["state"][0]["exp_avg"])
+
+
+class RefusingRecorder(StaticRecorder):
+    """Fails to record, as torch.cuda.graph does when the step reads a value on the host."""
+
+    def record(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        fn()
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+
+def test_a_step_that_cannot_be_recorded_is_one_clear_error_and_changes_nothing():
+    from ignite.engine import Engine, supervised_training_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = supervised_training_step(model, optimizer, torch.nn.CrossEntropyLoss(), output_transform=lambda x, y, p, loss: loss)
+    graphed = GraphedStep(step, model, optimizer, CPU, batch_size=5, recorder=RefusingRecorder())
+    engine = Engine(graphed)
+    batch = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    with pytest.raises(UserError, match=r"^--cuda-graph could not record this model's training step "
+                                        r"\(CUDA error: operation not permitted when stream is capturing\); drop --cuda-graph"):
+        graphed(engine, batch)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the warm-up was undone
+    assert all(t.abs().sum() == 0 for s in optimizer.state.values() for t in s.values())  # Adam as new
+    assert optimizer.param_groups[0]["lr"] == 1e-3 and isinstance(optimizer.param_groups[0]["lr"], float)
 
 
 @pytest.mark.parametrize("flags, match", [
