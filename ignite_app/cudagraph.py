@@ -115,9 +115,7 @@ class GraphedStep:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _record(self, engine: Engine, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.static = (torch.empty_like(x, device=self.device), torch.empty_like(y, device=self.device))
-        self.static[0].copy_(x)
-        self.static[1].copy_(y)
+        self.static = (x.to(self.device, copy=True), y.to(self.device, copy=True))
         saved = self._snapshot()
         groups = self.optimizer.param_groups
         floats = [group["lr"] for group in groups]

@@ -143,20 +143,19 @@ def build_trainer(
     With ``graph_batch_size``, Ignite's step is recorded once and replayed as a CUDA graph for
     batches of that size (:mod:`ignite_app.cudagraph`).
     """
-    prepare, model_fn, non_blocking = make_prepare_batch(task, channels_last), make_model_fn(device, amp), device.type == "cuda"
+    prepare, non_blocking = make_prepare_batch(task, channels_last), device.type == "cuda"
+    model_fn = make_model_fn(device, amp, cache=graph_batch_size is None)  # a graph recording must not use autocast's cache
     handle = ModeSwitch(model)
     if graph_batch_size is not None:
         from ignite_app.cudagraph import GraphedStep
 
         step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
-                                        prepare_batch=prepare, output_transform=keep_loss_on_device,
-                                        model_fn=make_model_fn(device, amp, cache=False))
+                                        prepare_batch=prepare, output_transform=keep_loss_on_device, model_fn=model_fn)
         return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
-    model = handle  # type: ignore[assignment]
     if scaler is not None:
-        return Engine(training_step(model, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))
+        return Engine(training_step(handle, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
     return create_supervised_trainer(
-        model, optimizer, loss_for(task), device=device, non_blocking=non_blocking, prepare_batch=prepare,
+        handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking, prepare_batch=prepare,  # type: ignore[arg-type]
         output_transform=keep_loss_on_device, gradient_accumulation_steps=grad_accum, model_fn=model_fn,
     )
 
