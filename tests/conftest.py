@@ -184,6 +184,30 @@ def save_as_if_on_cuda(obj: object, path: Path) -> None:
         registry[:] = [entry for entry in registry if entry[1] is not tagger]
 
 
+def train_in_process(out: Path, epochs: int = 1, **options: object):
+    """A real run (digits unless ``options`` say otherwise, every default handler) trained in this process on the CPU."""
+    import torch
+
+    from ignite_app.config import Config
+    from ignite_app.run import build_run, close_run
+
+    settings = {"dataset": "digits", "patience": 0, "progress": False, "device": "cpu", **options}
+    cfg = Config(epochs=epochs, output_dir=str(out), **settings)  # type: ignore[arg-type]
+    run = build_run(cfg, torch.device("cpu"), echo=lambda line: None)
+    try:
+        run.trainer.run(run.train_loader, max_epochs=epochs, epoch_length=run.epoch_length)
+    finally:
+        close_run(run)
+    return run
+
+
+def trained_weights(run) -> dict:
+    """The trained model's parameters and buffers, copied."""
+    from ignite_app.checkpoint import unwrap_model
+
+    return {k: v.detach().clone() for k, v in unwrap_model(run.model).state_dict().items()}
+
+
 def invoke_app(*args: str):
     """Run ``ignite-app ARGS`` in-process through click's CliRunner: exit code, stdout and stderr apart."""
     from click.testing import CliRunner

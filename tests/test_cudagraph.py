@@ -11,14 +11,18 @@ loss copied out, partial batches run eagerly, the learning rate refreshed, resum
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
-from conftest import assert_one_error_line, invoke_app, run_train
+from conftest import (
+    assert_one_error_line,
+    invoke_app,
+    run_train,
+    train_in_process,
+    trained_weights,
+)
 
-from ignite_app import checkpoint as ckpt
 from ignite_app import cudagraph
 from ignite_app import run as app
 from ignite_app.config import Config
@@ -50,31 +54,16 @@ def static_recorder(monkeypatch):
     monkeypatch.setattr(cudagraph, "CudaRecorder", lambda device: StaticRecorder())
 
 
-def trained(tmp_path: Path, name: str, epochs: int = 2, **options: Any) -> app.Run:
-    """A real run (digits, every default handler) trained in this process on the CPU."""
-    cfg = Config(dataset="digits", model="mlp", epochs=epochs, patience=0, progress=False, device="cpu",
-                 lr_schedule="cosine", output_dir=str(tmp_path / name), **options)
-    run = app.build_run(cfg, CPU, echo=lambda line: None)
-    try:
-        run.trainer.run(run.train_loader, max_epochs=epochs, epoch_length=run.epoch_length)
-    finally:
-        app.close_run(run)
-    return run
-
-
-def weights(run: app.Run) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in ckpt.unwrap_model(run.model).state_dict().items()}
-
-
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_replayed_steps_train_exactly_what_ignites_eager_step_trains(tmp_path, torch_threads, static_recorder, amp):
-    graphed = trained(tmp_path, "graph", cuda_graph=True, amp=amp)
-    eager = trained(tmp_path, "eager", amp=amp)
+    common = {"epochs": 2, "model": "mlp", "lr_schedule": "cosine", "amp": amp}
+    graphed = train_in_process(tmp_path / "graph", cuda_graph=True, **common)
+    eager = train_in_process(tmp_path / "eager", **common)
     step = graphed.trainer._process_function
     assert isinstance(step, GraphedStep)
     # digits: 1437 training samples = 22 batches of 64 and one of 29, per epoch; dropout is on (mlp)
     assert (step.replays, step.eager_steps) == (44, 2)
-    a, b = weights(graphed), weights(eager)
+    a, b = trained_weights(graphed), trained_weights(eager)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert graphed.trainer.state.metrics["train_loss"] == eager.trainer.state.metrics["train_loss"]
     assert graphed.evaluator.state.metrics == eager.evaluator.state.metrics

@@ -7,46 +7,33 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, cli_env, train_in_process, trained_weights
 from ignite.engine import Events
 from torch import nn
 
-from conftest import REPO, cli_env
 from ignite_app import checkpoint as ckpt
 from ignite_app.config import Config
-from ignite_app.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
+from ignite_app.engines import (
+    add_gradient_clipping,
+    build_evaluator,
+    build_trainer,
+    make_scaler,
+)
 from ignite_app.errors import DiskFullError
 from ignite_app.handlers import LossTracker
-from ignite_app.run import build_run, close_run, make_optimizer
+from ignite_app.run import make_optimizer
 
 CPU = torch.device("cpu")
 
 
-def one_epoch(tmp_path: Path, name: str, **options: object):
-    """A real run (digits, default handlers) trained for one epoch in this process."""
-    cfg = Config(dataset="digits", epochs=1, patience=0, progress=False, device="cpu",
-                 output_dir=str(tmp_path / name), **options)
-    run = build_run(cfg, CPU, echo=lambda line: None)
-    try:
-        run.trainer.run(run.train_loader, max_epochs=1, epoch_length=run.epoch_length)
-    finally:
-        close_run(run)
-    return run
-
-
-def weights(run) -> dict[str, torch.Tensor]:
-    """The trained model's parameters and buffers."""
-    return {k: v.detach().clone() for k, v in ckpt.unwrap_model(run.model).state_dict().items()}
-
-
 def test_in_memory_and_dataloader_paths_train_identical_weights(tmp_path, torch_threads):
-    fast = one_epoch(tmp_path, "memory", model="mlp", in_memory=True)
-    slow = one_epoch(tmp_path, "loader", model="mlp", in_memory=False)
+    fast = train_in_process(tmp_path / "memory", model="mlp", in_memory=True)
+    slow = train_in_process(tmp_path / "loader", model="mlp", in_memory=False)
     assert type(fast.train_loader).__name__ == "InMemoryLoader" and type(slow.train_loader).__name__ == "DataLoader"
-    a, b = weights(fast), weights(slow)
+    a, b = trained_weights(fast), trained_weights(slow)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert fast.evaluator.state.metrics == slow.evaluator.state.metrics
@@ -87,31 +74,31 @@ def test_engines_switch_the_model_mode_only_when_it_changes():
 
 
 def test_bf16_autocast_on_cpu_stays_close_to_fp32(tmp_path, torch_threads):
-    full = one_epoch(tmp_path, "fp32", model="mlp", amp="off")
-    half = one_epoch(tmp_path, "bf16", model="mlp", amp="bf16")
-    assert all(torch.isfinite(w).all() for w in weights(half).values())
+    full = train_in_process(tmp_path / "fp32", model="mlp", amp="off")
+    half = train_in_process(tmp_path / "bf16", model="mlp", amp="bf16")
+    assert all(torch.isfinite(w).all() for w in trained_weights(half).values())
     loss32, loss16 = full.evaluator.state.metrics["loss"], half.evaluator.state.metrics["loss"]
     assert loss16 == pytest.approx(loss32, rel=0.1)
     assert half.evaluator.state.metrics["accuracy"] == pytest.approx(full.evaluator.state.metrics["accuracy"], abs=0.05)
-    assert not torch.equal(weights(half)["net.1.weight"], weights(full)["net.1.weight"])  # bf16 really ran
+    assert not torch.equal(trained_weights(half)["net.1.weight"], trained_weights(full)["net.1.weight"])  # bf16 really ran
 
 
 def test_fp16_with_grad_scaler_on_cpu_stays_close_to_fp32_and_saves_the_scaler(tmp_path, torch_threads):
     if not fp16_on_cpu():
         pytest.skip("this torch build has no fp16 autocast on CPU")
-    full = one_epoch(tmp_path, "fp32", model="mlp", amp="off")
-    half = one_epoch(tmp_path, "fp16", model="mlp", amp="fp16")
+    full = train_in_process(tmp_path / "fp32", model="mlp", amp="off")
+    half = train_in_process(tmp_path / "fp16", model="mlp", amp="fp16")
     assert isinstance(half.to_save["scaler"], torch.amp.GradScaler) and "scaler" not in full.to_save
     assert half.to_save["scaler"].get_scale() > 0
-    assert all(torch.isfinite(w).all() for w in weights(half).values())
+    assert all(torch.isfinite(w).all() for w in trained_weights(half).values())
     assert half.evaluator.state.metrics["loss"] == pytest.approx(full.evaluator.state.metrics["loss"], rel=0.1)
 
 
 def test_channels_last_trains_the_same_cnn_within_tolerance(tmp_path, torch_threads):
-    plain = one_epoch(tmp_path, "nchw", model="cnn", channels_last=False)
-    fast = one_epoch(tmp_path, "nhwc", model="cnn", channels_last=True)
+    plain = train_in_process(tmp_path / "nchw", model="cnn", channels_last=False)
+    fast = train_in_process(tmp_path / "nhwc", model="cnn", channels_last=True)
     assert ckpt.unwrap_model(fast.model).features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    a, b = weights(plain), weights(fast)
+    a, b = trained_weights(plain), trained_weights(fast)
     for name in a:
         torch.testing.assert_close(b[name].contiguous(), a[name].contiguous(), rtol=1e-3, atol=1e-4)
 
