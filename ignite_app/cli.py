@@ -17,37 +17,38 @@ from ignite_app.config import (
 from ignite_app.errors import AppError, UserError
 
 
-def _d(key: str) -> str:
+def default_hint(key: str) -> str:
+    """`` [default: VALUE]`` for an option's help text, from the Config's default."""
     return f" [default: {default_of(key)}]"
 
 
 TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the same keys as these options; flags override it."),
-    click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + _d("device")),
-    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + _d("dataset")),
+    click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + default_hint("device")),
+    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
-    click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + _d("task")),
+    click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
     click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),
-    click.option("--epochs", type=int, help="Maximum number of epochs." + _d("epochs")),
-    click.option("--batch-size", type=int, help="Batch size per process (global batch = this x processes)." + _d("batch_size")),
-    click.option("--lr", type=float, help="Learning rate." + _d("lr")),
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer." + _d("optimizer")),
-    click.option("--weight-decay", type=float, help="Weight decay." + _d("weight_decay")),
-    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning-rate schedule over the run." + _d("lr_schedule")),
-    click.option("--seed", type=int, help="Seed for initialisation, shuffling and dropout." + _d("seed")),
-    click.option("--patience", type=int, help="Early stopping: epochs without val-loss improvement; 0 turns it off." + _d("patience")),
-    click.option("--num-workers", type=int, help="DataLoader worker processes." + _d("num_workers")),
-    click.option("--n-saved", type=int, help="How many training checkpoints to keep." + _d("n_saved")),
+    click.option("--epochs", type=int, help="Maximum number of epochs." + default_hint("epochs")),
+    click.option("--batch-size", type=int, help="Batch size per process (global batch = this x processes)." + default_hint("batch_size")),
+    click.option("--lr", type=float, help="Learning rate." + default_hint("lr")),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer." + default_hint("optimizer")),
+    click.option("--weight-decay", type=float, help="Weight decay." + default_hint("weight_decay")),
+    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning-rate schedule over the run." + default_hint("lr_schedule")),
+    click.option("--seed", type=int, help="Seed for initialisation, shuffling and dropout." + default_hint("seed")),
+    click.option("--patience", type=int, help="Early stopping: epochs without val-loss improvement; 0 turns it off." + default_hint("patience")),
+    click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
+    click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
     click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file."),
     click.option("--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"),
-    click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + _d("log_every")),
-    click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + _d("amp")),
+    click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + default_hint("log_every")),
+    click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + default_hint("amp")),
     click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format for image models."),
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
-    click.option("--compile-mode", type=click.Choice(COMPILE_MODES), help="torch.compile mode; reduce-overhead replays CUDA graphs, for small models on GPUs." + _d("compile_mode")),
+    click.option("--compile-mode", type=click.Choice(COMPILE_MODES), help="torch.compile mode; reduce-overhead replays CUDA graphs, for small models on GPUs." + default_hint("compile_mode")),
     click.option("--cuda-graph/--no-cuda-graph", default=None, help="Replay each training step as one CUDA graph (small models on GPUs)."),
-    click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + _d("grad_accum")),
+    click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + default_hint("grad_accum")),
     click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value (after unscaling)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic kernels (slower on GPU; CPU runs are exact anyway)."),
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
@@ -133,7 +134,7 @@ def _train(config_file: str | None, flags: dict[str, Any]) -> int:
     from ignite_app.fastimport import import_ignite
 
     import_ignite()  # first: without FSDP/DTensor and boto3, ~0.8 s and ~60 MB less at start-up
-    from ignite_app.distributed import launch  # heavy imports only once we really train
+    from ignite_app.train.launch import launch  # heavy imports only once we really train
 
     # Under torchrun every process resolves the flags, but only rank 0 claims the output directory.
     return launch(lambda: resolve_train_config(config_file, flags, claim=False), claim_output_dir)
@@ -187,7 +188,7 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
     cfg = build_config(saved, {**asked, "output_dir": str(run_dir), "resume": str(resume)})
-    # batch_size may change with the number of processes; run.check_global_batch compares the global batch.
+    # batch_size may change with the number of processes; train.resume.check_global_batch compares the global batch.
     changed = [k for k in RESUME_FIXED_KEYS if k != "batch_size" and getattr(cfg, k) != getattr(saved_cfg, k)]
     if changed:
         key = changed[0]
@@ -236,7 +237,7 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
     """
 
     def action() -> int:
-        from ignite_app.logs import show_logs
+        from ignite_app.tools.logs import show_logs
 
         return show_logs(list(run_dirs), csv_path, plot_path, click.echo)
 
@@ -261,10 +262,10 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
     def action() -> int:
         import json
 
-        from ignite_app.paths import resolve_checkpoint
+        from ignite_app.io.paths import resolve_checkpoint
 
         resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
-        from ignite_app.inference import evaluate, format_evaluation
+        from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
         result = evaluate(checkpoint, dataset, target, split, device)
@@ -288,10 +289,10 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
-        from ignite_app.paths import resolve_checkpoint
+        from ignite_app.io.paths import resolve_checkpoint
 
         resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
-        from ignite_app.inference import predict
+        from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device)
         click.echo(f"wrote {count} predictions to {output_path}")
@@ -310,7 +311,7 @@ def export_command(checkpoint: Path, fmt: str, output: Path | None) -> None:
     """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
 
     def action() -> int:
-        from ignite_app.export import export
+        from ignite_app.tools.export import export
 
         click.echo(f"wrote {export(checkpoint, fmt, output)}")
         return 0
@@ -333,7 +334,7 @@ def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: fl
     """
 
     def action() -> int:
-        from ignite_app.lrfind import lr_find
+        from ignite_app.train.lrfind import lr_find
 
         _quiet_ignite()
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}

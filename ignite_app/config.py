@@ -170,7 +170,7 @@ def save_yaml(cfg: Config, path: Path) -> None:
     """Write the resolved config atomically, so a kill never leaves half a file."""
     import yaml
 
-    from ignite_app.fsutil import atomic_write_bytes
+    from ignite_app.io.atomic import atomic_write_bytes
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write_bytes(path, text.encode())

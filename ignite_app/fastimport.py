@@ -8,10 +8,16 @@ Two imports cost more than the rest of ignite together (``python -X importtime``
   stays unimported until someone imports it.
 - tensorboardX imports boto3 and comet_ml, when installed, for S3 log directories and Comet
   (~0.15 s, ~9 MB for boto3). They are registered unexecuted and load on first use of a name.
+
+Measured on the 2-core CPU machine (import of the training path, 5 runs): 2.16-2.29 s with the
+stand-in against 3.12-3.25 s without, and 237 MB against 289 MB of RSS. The stand-in depends on how
+ignite's checkpoint module imports, so it is used only with the ignite versions it was checked on
+(:data:`CHECKED_IGNITE`); with any other version ignite is imported as it is, just more slowly.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import sys
 from types import ModuleType
@@ -19,6 +25,7 @@ from typing import Any
 
 ZERO_MODULE = "torch.distributed.optim.zero_redundancy_optimizer"
 OPTIONAL_MODULES = ("boto3", "comet_ml")  # imported by tensorboardX at import time, used only on request
+CHECKED_IGNITE = ("0.5.5",)  # pytorch-ignite versions whose import layout the stand-in was checked against
 
 
 def import_ignite() -> None:
@@ -27,7 +34,7 @@ def import_ignite() -> None:
     Call it before anything else imports ignite; afterwards it changes nothing.
     """
     defer_modules(OPTIONAL_MODULES)
-    if "ignite" in sys.modules or "torch.distributed.optim" in sys.modules:
+    if "ignite" in sys.modules or "torch.distributed.optim" in sys.modules or not stand_in_is_safe():
         return
     package = _stand_in_package()
     try:
@@ -38,6 +45,14 @@ def import_ignite() -> None:
             import torch.distributed
 
             vars(torch.distributed).pop("optim", None)
+
+
+def stand_in_is_safe() -> bool:
+    """Whether the installed pytorch-ignite is one the stand-in was checked on (read without importing it)."""
+    try:
+        return importlib.metadata.version("pytorch-ignite") in CHECKED_IGNITE
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def defer_modules(names: tuple[str, ...]) -> list[str]:

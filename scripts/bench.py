@@ -89,7 +89,7 @@ def write_data(kind: str, repeat: int, samples: int, folder: Path) -> Path:
 def load_data(work: Workload) -> Any:
     """The train/validation split exactly as ``ignite_app train --dataset npz:...`` makes it."""
     from ignite_app.config import Config
-    from ignite_app.data import load_splits
+    from ignite_app.data.sources import load_splits
 
     return load_splits(Config(dataset=f"npz:{work.data_file}"))
 
@@ -149,9 +149,10 @@ class Pipeline:
     def __init__(self, work: Workload, device: Any, in_memory: bool, out_dir: Path) -> None:
         from ignite.engine import Events
 
-        from ignite_app import run as app
         from ignite_app.config import Config
-        from ignite_app.handlers import StopSignal
+        from ignite_app.train.build import build_run
+        from ignite_app.train.handlers import StopSignal
+        from ignite_app.train.loop import open_run
 
         self.null = open(os.devnull, "w")
         cfg = Config(
@@ -163,8 +164,8 @@ class Pipeline:
         )
         echo = lambda line: print(line, file=self.null)  # noqa: E731  # the epoch lines, printed as usual
         with redirect_stderr(self.null):
-            self.run = app.build_run(cfg, device, echo)
-            app.open_run(self.run, StopSignal(), echo, None)
+            self.run = build_run(cfg, device, echo)
+            open_run(self.run, StopSignal(), echo, None)
         # Last at EPOCH_COMPLETED (after validation and the checkpoint): hand control back to the bench.
         self.run.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: engine.interrupt())
         self.samples = len(self.run.train_sampler)
@@ -182,11 +183,11 @@ class Pipeline:
 
     def close(self) -> None:
         """End the run (its COMPLETED handlers run once all epochs are done) and close its writers."""
-        from ignite_app import run as app
+        from ignite_app.train.loop import close_run
 
         if self.run.trainer.state.epoch >= self.run.cfg.epochs:
             self.epoch()  # resumes after the last interrupt: fires COMPLETED and ends the run
-        app.close_run(self.run)
+        close_run(self.run)
         self.null.close()
 
 
@@ -255,7 +256,7 @@ def run_probe(args: argparse.Namespace) -> None:
     """``--probe NAME``: build one variant, run two epochs, print its peaks as one JSON line."""
     import torch
 
-    from ignite_app.devices import resolve_device
+    from ignite_app.train.devices import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         return whole_run(args)
     import torch
 
-    from ignite_app.devices import resolve_device
+    from ignite_app.train.devices import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)  # cuda -> cuda:N, as train() does

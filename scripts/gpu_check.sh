@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (run on a CUDA machine from the repository root). It needs torch there
 # and pytorch-ignite + tensorboardX wheels in .wheels/ (pip download --no-deps -d .wheels
-# pytorch-ignite==0.5.5 tensorboardX; for the pytest run of tests/test_cudagraph.py also
+# pytorch-ignite==0.5.5 tensorboardX; for the pytest run of tests/unit/test_cudagraph.py also
 # pytest pluggy iniconfig pygments packaging). Results go to $OUT (default ./gpu-out).
 #   scripts/gpu_check.sh          every section
 #   scripts/gpu_check.sh speed    only issue 4's checks (CUDA graphs, benchmarks)
@@ -54,10 +54,10 @@ timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=1 scripts
 fi
 
 if want speed; then
-log "issue 4: --cuda-graph on CUDA trains like Ignite's eager step (tests/test_cudagraph.py)"
+log "issue 4: --cuda-graph on CUDA trains like Ignite's eager step (tests/unit/test_cudagraph.py)"
 $PY -m pip install --quiet --no-deps --no-index --target "$W/pytest" .wheels/pytest-*.whl .wheels/pluggy-*.whl \
   .wheels/iniconfig-*.whl .wheels/pygments-*.whl .wheels/packaging-*.whl 2>&1 | tail -1
-PYTHONPATH="$W/pytest:$PWD" timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cudagraph.py 2>&1 | tail -4
+PYTHONPATH="$W/pytest:$PWD" timeout 150 $PY -m pytest -q -p no:cacheprovider tests/unit/test_cudagraph.py 2>&1 | tail -4
 
 log "issue 4: accuracy of the default run with --cuda-graph"
 timeout 120 $PY scripts/train.py --device cuda:0 --cuda-graph --no-progress --output-dir "$W/graph" | tail -3

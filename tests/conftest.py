@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+FAULT_TRAIN_SCRIPT = Path(__file__).resolve().parent / "fault_train.py"  # train.py with TEST_FAULT injected
 
 # Small, fast settings for tests that train for real (seconds on 2 CPU cores).
 FAST = ["--no-progress", "--epochs", "2", "--patience", "0"]
@@ -26,10 +28,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def train_script(env: dict[str, str]) -> Path:
+    """scripts/train.py, or the test's fault-injecting copy of it when ``TEST_FAULT`` is set."""
+    return FAULT_TRAIN_SCRIPT if "TEST_FAULT" in env else TRAIN_SCRIPT
+
+
 def run_train(*args: str, cwd: Path | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """Run ``python scripts/train.py ARGS`` to completion and capture its output."""
     return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, env=cli_env(**env),
+        [sys.executable, str(train_script(env)), *args], cwd=cwd, env=cli_env(**env),
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -45,7 +52,7 @@ def run_app(*args: str, cwd: Path | None = None, timeout: float = 300, **env: st
 def start_train(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Popen:
     """Start ``python scripts/train.py ARGS`` without waiting (for signal and kill tests)."""
     return subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, env=cli_env(**env),
+        [sys.executable, str(train_script(env)), *args], cwd=cwd, env=cli_env(**env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -189,7 +196,8 @@ def train_in_process(out: Path, epochs: int = 1, **options: object):
     import torch
 
     from ignite_app.config import Config
-    from ignite_app.run import build_run, close_run
+    from ignite_app.train.build import build_run
+    from ignite_app.train.loop import close_run
 
     settings = {"dataset": "digits", "patience": 0, "progress": False, "device": "cpu", **options}
     cfg = Config(epochs=epochs, output_dir=str(out), **settings)  # type: ignore[arg-type]
@@ -203,7 +211,7 @@ def train_in_process(out: Path, epochs: int = 1, **options: object):
 
 def trained_weights(run) -> dict:
     """The trained model's parameters and buffers, copied."""
-    from ignite_app.checkpoint import unwrap_model
+    from ignite_app.models.build import unwrap_model
 
     return {k: v.detach().clone() for k, v in unwrap_model(run.model).state_dict().items()}
 
@@ -239,3 +247,10 @@ def assert_one_error_line(exit_code: int, stderr: str, output: str, match: str =
     assert "Traceback" not in output + stderr
     assert match in lines[0], lines[0]
     return lines[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ is end-to-end: ``pytest -m "not e2e"`` is the fast, in-process tier."""
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)

@@ -1,0 +1,1 @@
+"""Data: where samples come from (``sources``) and how they are batched (``loaders``)."""

@@ -1,0 +1,1 @@
+"""Files: crash-safe writes (``atomic``), checkpoints (``checkpoint``), run directories and paths (``paths``)."""

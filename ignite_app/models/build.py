@@ -1,0 +1,76 @@
+"""Build the model ``--model`` names (a built-in, or the user's own by import path) and check it fits the data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ignite_app.data.sources import DataSpec
+from ignite_app.errors import UserError
+from ignite_app.imports import import_object
+from ignite_app.models.builtin import CNN, MLP
+
+
+def build_model(name: str, spec: DataSpec) -> nn.Module:
+    """The model ``--model`` names, sized from the data (``auto``: CNN for images, else MLP)."""
+    if name == "auto":
+        name = "cnn" if spec.is_image else "mlp"
+    if name == "mlp":
+        return MLP(math.prod(spec.input_shape), spec.num_outputs)
+    if name == "cnn":
+        if not spec.is_image:
+            raise UserError(
+                f"--model cnn needs image-shaped samples (channels, height, width), but this data has shape "
+                f"{spec.input_shape}; use --model mlp"
+            )
+        return CNN(spec.input_shape[0], spec.num_outputs)
+    return _user_model(name)
+
+
+def _user_model(path: str) -> nn.Module:
+    cls = import_object(path, "--model")
+    try:
+        model = cls()
+    except Exception as exc:
+        raise UserError(f"--model {path}: {path.split(':')[1]}() failed ({type(exc).__name__}: {exc}); "
+                        "the class must build with no arguments") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {path} is not a torch.nn.Module subclass")
+    return model
+
+
+def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:
+    """Run one sample batch through the model and check the output shape, before any training."""
+    param = next(model.parameters(), None)
+    if param is not None and sample.is_floating_point() and param.is_floating_point() and sample.dtype != param.dtype:
+        got, want = (str(t.dtype).removeprefix("torch.") for t in (sample, param))
+        raise UserError(f"the dataset gives {got} inputs but the model's parameters are {want}; "
+                        f"return {want} tensors from the dataset")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first}); "
+            "choose a model that fits the data"
+        ) from None
+    finally:
+        model.train(was_training)
+    expected = (sample.shape[0], spec.num_outputs)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"the model outputs {got} per batch but this {spec.task} data needs {expected} "
+            f"({spec.num_outputs} {'classes' if spec.task == 'classification' else 'targets'}); adjust the model"
+        )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module behind DDP and torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

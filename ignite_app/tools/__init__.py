@@ -1,0 +1,1 @@
+"""After training: ``logs``, ``evaluate``/``predict`` (``inference``) and ``export``."""

@@ -1,0 +1,166 @@
+"""``train(cfg)``: build the run, resume it if asked, open its directory, train, and say how it ended."""
+
+from __future__ import annotations
+
+import sys
+
+from ignite import distributed as idist
+from ignite.engine import Engine, Events
+
+from ignite_app.config import Config, save_yaml
+from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
+from ignite_app.io import checkpoint as ckpt
+from ignite_app.train.build import Echo, Run, build_run, pick_device
+from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
+from ignite_app.train.handlers import StopSignal, attach_stop
+from ignite_app.train.resume import Resumed, clean_stale_saves, restore
+from ignite_app.train.tblog import (
+    TensorboardLogger, attach_epoch_stats, attach_tensorboard, log_config, log_hparams, open_tensorboard,
+)
+
+
+def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if idist.get_rank() != 0:  # only rank 0 prints
+        echo = warn = _silent
+    with fail_together():
+        device = pick_device(cfg)
+    run = build_run(cfg, device, echo)
+    resumed = restore(run, warn) if cfg.resume else None
+    if resumed is not None and resumed.finished_message:
+        echo(resumed.finished_message)
+        return EXIT_OK
+    if resumed is not None:
+        resumed.apply()  # before anything on disk changes: a part that does not load leaves the run untouched
+        if run.is_writer:
+            clean_stale_saves(run, resumed, warn)
+    stop = StopSignal(cfg.time_limit)
+    stop.install()
+    try:
+        open_run(run, stop, echo, resumed)
+        run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
+        if run.tb_logger is not None and run.evaluator.state.metrics:
+            log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
+    finally:
+        try:
+            close_run(run)  # waits for checkpoint writes in flight: a second Ctrl-C must still exit at once
+        finally:
+            stop.uninstall()
+    return finish(run, stop, echo)
+
+
+def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None) -> None:
+    """Write the run directory, open TensorBoard, attach checkpointing: then ``run.trainer.run`` trains.
+
+    ``train`` calls it between building and running; scripts/bench.py too, to time exactly this run.
+    """
+    if run.is_writer:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(run.cfg, run.run_dir / "config.yaml")
+        run.tb_logger = start_tensorboard(run, resumed)
+    attach_checkpoint_saving(run, stop)
+    announce(run, echo, resumed)
+
+
+def close_run(run: Run) -> None:
+    """Finish the checkpoint writes in flight (raising a failed one), then close TensorBoard."""
+    try:
+        if run.train_checkpoint is not None:
+            run.train_checkpoint.save_handler.close()
+    finally:
+        if run.tb_logger is not None:
+            run.tb_logger.close()
+
+
+def start_tensorboard(run: Run, resumed: Resumed | None) -> TensorboardLogger:
+    """Open the run's TensorBoard log and attach its handlers; a fresh run also logs its config."""
+    tb = open_tensorboard(run.run_dir, purge_step=resumed.purge_step if resumed else None)
+    attach_tensorboard(tb, run.trainer, run.evaluator, run.optimizer, run.cfg)
+    attach_epoch_stats(tb, run.trainer, lambda: len(run.train_sampler) * idist.get_world_size(), run.device)
+    if resumed is None:
+        log_config(tb, run.cfg)
+    return tb
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+    """What the HParams tab shows: the last validation metrics, the best validation loss, the epochs done."""
+    metrics = {f"val_{name}": float(value) for name, value in run.evaluator.state.metrics.items()}
+    saved = run.best_checkpoint.state_dict()["_saved"]  # [(priority, filename)], priority = -val_loss
+    if saved:
+        metrics["best_val_loss"] = -float(saved[-1][0])
+    if "train_loss" in run.trainer.state.metrics:
+        metrics["train_loss"] = float(run.trainer.state.metrics["train_loss"])
+    metrics["epochs"] = float(run.trainer.state.epoch)
+    return metrics
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
+    """Save at every EPOCH_COMPLETED (after validation) and when a stop is requested mid-epoch."""
+
+    def save(engine: Engine) -> None:
+        run.tracker.check(engine)  # never save weights that a non-finite loss has touched
+        if run.tb_logger is not None:
+            run.tb_logger.writer.flush()  # events up to this step must survive a kill
+        run.train_checkpoint(engine)
+
+    def save_at_epoch_end(engine: Engine) -> None:
+        save(engine)
+        if stop_requested(stop):
+            engine.terminate()
+
+    run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
+    # Several processes agree through an all-reduce: on GPUs a host sync, so only every --log-every iterations.
+    every = run.cfg.log_every if in_process_group() and run.device.type == "cuda" else 1
+    attach_stop(run.trainer, lambda: not at_epoch_end(run.trainer) and stop_requested(stop), save, every=every)
+
+
+def at_epoch_end(engine: Engine) -> bool:
+    """Whether the iteration just done is its epoch's last.
+
+    A stop there waits for EPOCH_COMPLETED (validation, best model, early stopping, the epoch-end
+    save): terminating now would skip them, and a resumed run would never validate that epoch.
+    """
+    return engine.state.iteration % engine.state.epoch_length == 0
+
+
+def stop_requested(stop: StopSignal) -> bool:
+    """Whether any process was asked to stop; all ranks agree on the same iteration."""
+    return agreed_stop_reason(stop.reason()) is not None
+
+
+def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
+    """Say what is about to run."""
+    if not run.is_writer:
+        return
+    spec = run.splits.spec
+    world = idist.get_world_size()
+    batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
+    echo(f"{spec.task} on {run.cfg.dataset}: {len(run.splits.train)} train / {len(run.splits.val)} val samples, "
+         f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+    if resumed is not None and resumed.state:
+        echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
+    echo(f"writing to {run.run_dir}")
+
+
+def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
+    """Report how the run ended and return its exit code."""
+    state = run.trainer.state
+    reason = agreed_stop_reason(stop.reason())
+    last = ckpt.train_checkpoints(run.run_dir)
+    where = f"; checkpoint {last[0]}" if last else ""
+    if reason is not None:
+        if run.is_writer:
+            echo(f"stopped by {reason} at iteration {state.iteration} (epoch {state.epoch}){where}; "
+                 f"continue with: ignite-app train --resume {run.run_dir}")
+        return {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT}.get(reason, EXIT_OK)
+    if run.is_writer:
+        if run.stopper is not None and run.stopper.counter >= run.cfg.patience:
+            echo(f"early stopping at epoch {state.epoch}: validation loss did not improve for {run.cfg.patience} epochs")
+        best = ckpt.best_checkpoint(run.run_dir)
+        echo(f"done: {state.epoch} epoch(s){where}" + (f"; best model {best}" if best else ""))
+    return EXIT_OK

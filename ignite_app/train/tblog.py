@@ -1,0 +1,100 @@
+"""TensorBoard (through tensorboardX) and the terminal progress bar."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import global_step_from_engine
+from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
+
+from ignite_app.config import Config
+from ignite_app.io.paths import HPARAMS_DIR
+
+
+def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> TensorboardLogger:
+    """A logger writing event files into ``run_dir``; ``purge_step`` hides stale steps of a resumed run."""
+    # tensorboardX names event files by the second and opens them with "wb": a resume within the same
+    # second would overwrite the earlier file. A nanosecond suffix keeps names unique and in creation order.
+    suffix = f".{time.time_ns()}"
+    return TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
+
+
+def attach_tensorboard(
+    tb: TensorboardLogger, trainer: Engine, evaluator: Engine, optimizer: torch.optim.Optimizer, cfg: Config
+) -> None:
+    """``train/loss`` and ``train/lr/group_N`` every ``log_every`` iterations, ``val/*`` after each validation.
+
+    Ignite's own handlers write them; every tag shares one x-axis, the trainer's iteration. The loss is
+    read from the device only here (and by the progress bar), never per iteration.
+    """
+    every = Events.ITERATION_COMPLETED(every=cfg.log_every)
+    tb.attach(trainer, OutputHandler(tag="train", output_transform=lambda loss: {"loss": float(loss)}), every)
+    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), every)
+    tb.attach(
+        evaluator,
+        OutputHandler(tag="val", metric_names="all", global_step_transform=global_step_from_engine(trainer, Events.ITERATION_COMPLETED)),
+        Events.COMPLETED,
+    )
+
+
+def log_config(tb: TensorboardLogger, cfg: Config) -> None:
+    """The resolved config as text at step 0 (TensorBoard's Text tab); written once, when a run starts fresh."""
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    tb.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)  # indented: a code block
+    tb.writer.flush()  # on disk before any checkpoint, so a resume never needs to write it again
+
+
+def attach_epoch_stats(tb: TensorboardLogger, trainer: Engine, samples_in_epoch: Callable[[], int], device: torch.device) -> None:
+    """``perf/samples_per_sec`` and ``perf/peak_memory_mib`` at each EPOCH_COMPLETED: no per-iteration work."""
+
+    def log(engine: Engine) -> None:
+        seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0  # this epoch's iterations only
+        step = engine.state.iteration
+        if seconds > 0:
+            tb.writer.add_scalar("perf/samples_per_sec", samples_in_epoch() / seconds, step)
+        peak = peak_memory_mib(device)
+        if peak is not None:
+            tb.writer.add_scalar("perf/peak_memory_mib", peak, step)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, log)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory so far in MiB: tensors allocated on a CUDA device, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], step: int) -> None:
+    """Hyper-parameters and final metrics for the HParams tab, in the ``hparams`` sub-run.
+
+    tensorboardX writes them as a sub-run; it is replaced whenever training ends, so a resumed
+    run keeps exactly one.
+    """
+    folder = Path(tb.writer.logdir) / HPARAMS_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    values = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
+    tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
+
+
+def attach_progress_bar(trainer: Engine, every: int) -> Any:
+    """Ignite's tqdm ProgressBar on stderr, refreshed (and the loss read from the device) every ``every`` iterations."""
+    from ignite.handlers import ProgressBar
+
+    bar = ProgressBar(persist=False)
+    bar.attach(trainer, output_transform=lambda loss: {"loss": float(loss)}, event_name=Events.ITERATION_COMPLETED(every=every))
+    return bar
