@@ -23,7 +23,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
-from ignite_app.errors import NonFiniteLossError, UserError
+from ignite_app.errors import NonFiniteLossError, UserError, first_line
 from ignite_app.io.atomic import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
 
 CHECKPOINT_DIR = "checkpoints"
@@ -148,8 +148,7 @@ def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any
             f"{path}: refused: it holds objects other than tensors and plain values (a pickle payload?); nothing from it was run"
         ) from None
     except Exception as exc:  # RuntimeError for damage that the CRCs cannot see, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an ignite_app checkpoint (expected a dict, found {type(state).__name__})")
     return state

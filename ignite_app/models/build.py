@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ignite_app.data.sources import DataSpec
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 from ignite_app.imports import import_object
 from ignite_app.models.builtin import CNN, MLP
 
@@ -54,9 +54,8 @@ def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> 
         with torch.no_grad():
             out = model(sample)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first}); "
+            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first_line(exc)}); "
             "choose a model that fits the data"
         ) from None
     finally:

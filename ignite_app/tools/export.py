@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.io.paths import output_file, resolve_checkpoint
 
@@ -52,7 +52,7 @@ def torchscript_bytes(trained: Trained) -> bytes:
     try:
         scripted = torch.jit.script(trained.model)
     except Exception as exc:
-        raise UserError(f"this model cannot be exported to TorchScript ({_first_line(exc)}); "
+        raise UserError(f"this model cannot be exported to TorchScript ({first_line(exc)}); "
                         "use --format safetensors (weights only) or --format onnx") from None
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
@@ -74,7 +74,7 @@ def onnx_bytes(trained: Trained) -> bytes:
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
     except Exception as exc:
-        raise UserError(f"this model cannot be exported to ONNX ({_first_line(exc)}); "
+        raise UserError(f"this model cannot be exported to ONNX ({first_line(exc)}); "
                         "use --format safetensors (weights only) or --format torchscript") from None
     return buffer.getvalue()
 
@@ -115,7 +115,3 @@ def export(checkpoint: Path, fmt: str, output: Path | None = None) -> Path:
     atomic_write_bytes(path, EXPORTERS[fmt](load_trained(checkpoint, "cpu")))
     return path
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0].rstrip(":") if text else type(exc).__name__)[:200]

@@ -7,7 +7,6 @@ loss falls fastest. Nothing is written but the plot.
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Callable
 
 from ignite_app.config import Config
 from ignite_app.errors import UserError
-from ignite_app.io.atomic import atomic_write_bytes
+from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, save_figure
 from ignite_app.io.paths import output_file
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,7 @@ def sweep(cfg: Config, start_lr: float, end_lr: float, num_iter: int) -> LRSweep
 
 def write_plot(result: LRSweep, path: Path) -> None:
     """The loss against the learning rate (log scale) with the suggestion marked."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = new_figure("lr-find", figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses)
     ax.scatter([result.suggestion], [result.losses[result.lrs.index(result.suggestion)]], color="red", zorder=3,
@@ -86,19 +82,14 @@ def write_plot(result: LRSweep, path: Path) -> None:
     ax.set_ylabel("training loss (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower(), dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def lr_find(cfg: Config, start_lr: float, end_lr: float, num_iter: int, plot: Path, echo: Callable[[str], None]) -> int:
     """``ignite-app lr-find``: run the sweep, print the suggestion, save the plot."""
     check_sweep(start_lr, end_lr, num_iter)
     output_file(plot, "--plot", PLOT_SUFFIXES)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("lr-find draws its curve with matplotlib: pip install 'ignite_app[plot]'") from None
+    new_figure("lr-find")  # fails at once, before the sweep, when matplotlib is missing
     result = sweep(cfg, start_lr, end_lr, num_iter)
     write_plot(result, plot)
     ended = "where the loss diverged" if result.diverged else f"in {num_iter} iterations; the loss did not diverge"
