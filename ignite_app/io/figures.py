@@ -12,6 +12,11 @@ from ignite_app.io.atomic import atomic_write_bytes
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+def require_matplotlib(flag: str) -> None:
+    """One Error line naming the extra to install when matplotlib is missing: call it before any work is done."""
+    new_figure(flag)
+
+
 def new_figure(flag: str, **kwargs: Any) -> Any:
     """A matplotlib Figure (no global pyplot state); one Error line naming the extra when matplotlib is missing."""
     try:

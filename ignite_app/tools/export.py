@@ -63,6 +63,10 @@ def onnx_bytes(trained: Trained) -> bytes:
     """The model as ONNX (opset 17) with a dynamic batch dimension: ``input`` -> ``output``."""
     import torch
 
+    try:
+        import onnx  # noqa: F401  # torch.onnx.export needs it
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install 'ignite_app[export]'") from None
     example = torch.zeros(2, *trained.spec.input_shape)
     buffer = io.BytesIO()
     try:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ignite_app.config import Config
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
-from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, save_figure
+from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
 from ignite_app.io.paths import run_config
 
 
@@ -253,6 +253,7 @@ def show_logs(run_dirs: list[Path], csv_path: Path | None, plot_path: Path | Non
         output_file(csv_path, "--csv", (".csv",))
     if plot_path is not None:
         output_file(plot_path, "--plot", PLOT_SUFFIXES)
+        require_matplotlib("--plot")
     logs = [read_run(d) for d in expand_runs(run_dirs)]
     echo(report(logs))
     if csv_path is not None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ignite_app.config import Config
 from ignite_app.errors import UserError
-from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, save_figure
+from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
 from ignite_app.io.paths import output_file
 
 
@@ -89,7 +89,7 @@ def lr_find(cfg: Config, start_lr: float, end_lr: float, num_iter: int, plot: Pa
     """``ignite-app lr-find``: run the sweep, print the suggestion, save the plot."""
     check_sweep(start_lr, end_lr, num_iter)
     output_file(plot, "--plot", PLOT_SUFFIXES)
-    new_figure("lr-find")  # fails at once, before the sweep, when matplotlib is missing
+    require_matplotlib("lr-find")
     result = sweep(cfg, start_lr, end_lr, num_iter)
     write_plot(result, plot)
     ended = "where the loss diverged" if result.diverged else f"in {num_iter} iterations; the loss did not diverge"
