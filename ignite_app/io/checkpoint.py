@@ -15,6 +15,7 @@ import io
 import pickle
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
@@ -284,8 +285,6 @@ class BackgroundSaver(BaseSaveHandler):
             self._write(removals, lambda: self.saver(checkpoint, filename, metadata))
             return
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         data = serialize(checkpoint)
         self._pending.append(self._pool.submit(self._write, removals, lambda: self.saver.write_serialized(data, filename)))

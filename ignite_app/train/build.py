@@ -36,6 +36,7 @@ from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
 from ignite_app.train.state import GradState, Meta, RNGState
+from ignite_app.train.tblog import attach_progress_bar
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -207,8 +208,6 @@ def attach_training_handlers(run: Run, echo: Echo) -> None:
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: scheduler.step())
         run.scheduler = scheduler
     if run.is_writer and progress_wanted(cfg):
-        from ignite_app.train.tblog import attach_progress_bar
-
         attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
     if cfg.patience > 0:

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ignite.handlers import FastaiLRFinder
+
 from ignite_app.config import Config
 from ignite_app.errors import UserError
 from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
 from ignite_app.io.paths import output_file
+from ignite_app.train.build import build_pipeline, pick_device
 
 
 
@@ -45,10 +48,6 @@ def sweep(cfg: Config, start_lr: float, end_lr: float, num_iter: int) -> LRSweep
     The model, data and step are built by :func:`~ignite_app.train.build.build_pipeline`, as for ``train``,
     so every option that changes them applies here too; only ``--cuda-graph`` is dropped (the sweep runs eagerly).
     """
-    from ignite.handlers import FastaiLRFinder
-
-    from ignite_app.train.build import build_pipeline, pick_device
-
     cfg = cfg.replace(cuda_graph=False)
     pipe = build_pipeline(cfg, pick_device(cfg))
     finder = FastaiLRFinder()
