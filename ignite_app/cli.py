@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -136,8 +137,9 @@ def _train(config_file: str | None, flags: dict[str, Any]) -> int:
     import_ignite()  # first: without FSDP/DTensor and boto3, ~0.8 s and ~60 MB less at start-up
     from ignite_app.train.launch import launch  # heavy imports only once we really train
 
-    # Under torchrun every process resolves the flags, but only rank 0 claims the output directory.
-    return launch(lambda: resolve_train_config(config_file, flags, claim=False), claim_output_dir)
+    # Under torchrun every process resolves the flags, but only rank 0 claims (and locks) the output directory.
+    with ExitStack() as held:
+        return launch(lambda: resolve_train_config(config_file, flags, claim=False), lambda cfg: claim_output_dir(cfg, held))
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: bool = True) -> Config:
@@ -155,12 +157,19 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
     return claim_output_dir(cfg) if claim else cfg
 
 
-def claim_output_dir(cfg: Config) -> Config:
-    """A new run's directory: --output-dir or a free runs/<dataset>-<timestamp>; refused if it holds files."""
-    if cfg.resume:
-        return cfg  # a resumed run continues in its own directory
-    out = cfg.output_dir or _free_default_dir(cfg.dataset)
-    _refuse_existing_run(Path(out))
+def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:
+    """The run's directory, created and locked: --output-dir or a new runs/<dataset>-<timestamp>[-N].
+
+    The lock stays held until ``held`` closes (without ``held``, it is released at once); a fresh run
+    refuses a directory that holds files, and any run refuses one that another process holds.
+    """
+    from ignite_app.io.lock import claim_run_dir
+
+    out, lock = claim_run_dir(cfg.output_dir, default_output_dir(cfg.dataset), fresh=not cfg.resume)
+    if held is not None:
+        held.callback(lock.release)
+    else:
+        lock.release()
     return cfg.replace(output_dir=out)
 
 
@@ -197,25 +206,6 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
             f"asked {getattr(cfg, key)!r}); start a new run with --output-dir instead"
         )
     return cfg
-
-
-def _free_default_dir(dataset: str) -> str:
-    base = default_output_dir(dataset)
-    candidate, n = base, 1
-    while Path(candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
-
-
-def _refuse_existing_run(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(
-            f"{out} already holds files; continue that run with --resume {out}, "
-            "or choose another --output-dir"
-        )
 
 
 # Looking at runs and using their checkpoints. Each command imports its module (and torch) only when it runs.
