@@ -177,6 +177,10 @@ def run_dir_of(resume: Path) -> Path:
     """The run directory that a --resume path points into."""
     if not resume.exists():
         raise UserError(f"--resume {resume}: no such file or directory")
+    if not resume.is_dir():
+        from ignite_app.io.safefile import require_regular
+
+        require_regular(resume, "--resume")  # a FIFO or /dev/zero: refused, not replaced by another checkpoint
     if resume.is_dir():
         run_dir = resume
     elif resume.parent.name == "checkpoints":

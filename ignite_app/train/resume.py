@@ -96,7 +96,7 @@ def clean_stale_saves(run: Run, resumed: Resumed, warn: Echo) -> None:
 
 def verify_for_run(run: Run, path: Path) -> Resumed:
     """Load ``path`` safely and check every part against the live objects."""
-    state = ckpt.read_checkpoint(path, require_checksum=False)
+    state = ckpt.read_checkpoint(path, require_checksum=False, max_bytes=ckpt.size_bound(run.raw_model))
     ckpt.require_keys(state, ckpt.REQUIRED_KEYS, path)
     ckpt.check_model_state(run.to_save["model"], state["model"], path)
     ckpt.check_optimizer_state(run.optimizer, state["optimizer"], path)
