@@ -18,6 +18,9 @@ from ignite_app.config import (
 from ignite_app.errors import AppError, UserError
 
 
+TRUST_HELP = "Import the code that the run directory's config.yaml names (model:/dataset: package.module:NAME)."
+
+
 def default_hint(key: str) -> str:
     """`` [default: VALUE]`` for an option's help text, from the Config's default."""
     return f" [default: {default_of(key)}]"
@@ -108,6 +111,7 @@ def main() -> None:
 
 @click.command("train", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
+@click.option("--trust-config", is_flag=True, default=None, help=TRUST_HELP)  # issue 15
 @click.pass_context
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
     """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
@@ -147,12 +151,14 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
 
     With ``claim``, a new run's output directory is chosen and checked too (:func:`claim_output_dir`).
     """
+    trusted = bool(flags.get("trust_config"))
+    flags = {k: v for k, v in flags.items() if k != "trust_config"}
     file_values = load_yaml(config_file) if config_file else {}
     if isinstance(flags.get("time_limit"), str):
         flags["time_limit"] = parse_duration(flags["time_limit"])
     resume = flags.get("resume") or file_values.get("resume")
     if resume:
-        return _resume_config(Path(resume), file_values, flags)
+        return _resume_config(Path(resume), file_values, flags, trusted)
     cfg = build_config(file_values, flags)
     return claim_output_dir(cfg) if claim else cfg
 
@@ -192,11 +198,14 @@ def run_dir_of(resume: Path) -> Path:
     return run_dir
 
 
-def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> Config:
+def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any], trusted: bool = False) -> Config:
+    from ignite_app.io.trust import require_trusted
+
     run_dir = run_dir_of(resume)
     saved = load_yaml(run_dir / "config.yaml")
     saved_cfg = build_config(saved, {})
     asked = {**file_values, **flags}
+    require_trusted(saved_cfg, run_dir, trusted, {"--model": asked.get("model"), "--dataset": asked.get("dataset")})
     out = asked.get("output_dir")
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
@@ -246,7 +255,9 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
               help="Which part of the fixed 80/20 split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool,
+                     trust_config: bool) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -256,9 +267,9 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
     def action() -> int:
         import json
 
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
@@ -279,13 +290,15 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
               help="CSV (label, prob_0, ... or output_0, ...) or NPZ (labels and probabilities, or outputs).")
 @click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
+                    trust_config: bool) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device)
@@ -301,10 +314,14 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
               help="safetensors (weights only: no code, safe to share), torchscript or onnx.")
 @click.option("--output", type=click.Path(path_type=Path),
               help="File to write: .safetensors, .pt/.pth/.ts (torchscript) or .onnx. [default: <checkpoint name>.safetensors, .torchscript.pt or .onnx here]")
-def export_command(checkpoint: Path, fmt: str, output: Path | None) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+def export_command(checkpoint: Path, fmt: str, output: Path | None, trust_config: bool) -> None:
     """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
 
     def action() -> int:
+        from ignite_app.io.trust import require_trusted_run
+
+        require_trusted_run(checkpoint, trust_config)
         from ignite_app.tools.export import export
 
         click.echo(f"wrote {export(checkpoint, fmt, output)}")

@@ -11,11 +11,15 @@ from ignite_app.errors import UserError
 
 
 def import_object(path: str, flag: str) -> Any:
-    """Import ``NAME`` from ``package.module``; the working directory is searched first, as with ``python -m``."""
+    """Import ``NAME`` from ``package.module``; the working directory is searched too, after the installed packages.
+
+    Last, not first: files in the working directory (perhaps someone else's run directory) never shadow
+    the modules that ignite-app itself imports later, such as ``yaml`` or ``torch``.
+    """
     module_name, _, attr = path.partition(":")
     cwd = os.getcwd()
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

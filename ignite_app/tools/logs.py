@@ -88,6 +88,8 @@ def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
     from ignite_app.data.sources import load_splits
 
+    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:")):
+        return None  # never import code that a run directory names just to count its batches
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)
     except UserError:  # the data moved or is gone: epochs stay unknown

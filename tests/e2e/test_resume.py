@@ -362,7 +362,7 @@ def test_signal_at_an_exact_iteration_with_mixed_precision_resumes_exactly(digit
     if "--grad-accum" in options:
         assert saved["grads"], "gradients of the unfinished accumulation window must be saved"
     assert ("scaler" in saved) == ("fp16" in options)
-    done = run_train(*resume_args(run), cwd=models_dir)
+    done = run_train(*resume_args(run, "--trust-config"), cwd=models_dir)  # its config names our models module
     assert done.returncode == 0, done.stderr
     assert_same_run(run, reference, first.stdout, done.stdout)
 
