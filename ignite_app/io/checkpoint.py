@@ -34,6 +34,8 @@ TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"
 BEST_PATTERN = "best_model_{global_step}.{ext}"
 _TRAIN_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _ANY_NAME = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pt$")
+_BEST_NAME = re.compile(r"^best_model_(\d+)\.pt$")
+ROLLED_BACK_DIR = "rolled-back"  # newer checkpoints set aside by a resume from an older one
 SIDECAR = ".sha256"
 REQUIRED_KEYS = ("model", "optimizer", "trainer")
 MAX_BYTES_ENV = "IGNITE_APP_MAX_CHECKPOINT_BYTES"
@@ -273,9 +275,49 @@ def train_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    """The best-model file of a run, if there is one."""
-    found = sorted((Path(run_dir) / CHECKPOINT_DIR).glob("best_model_*.pt"))
-    return found[-1] if found else None
+    """The best-model file of a run, if there is one (the highest iteration: 1080 beats 90)."""
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINT_DIR).glob("best_model_*.pt")
+             if (m := _BEST_NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def iteration_of(path: Path) -> int | None:
+    """The iteration in a checkpoint's name (``checkpoint_180.pt`` -> 180), or None."""
+    match = _ANY_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def set_aside_newer(run_dir: Path, iteration: int) -> list[Path]:
+    """Move the checkpoints saved after ``iteration`` (and their sidecars) into ``checkpoints/rolled-back/``.
+
+    A resume from an older checkpoint rolls the run back: the newer files are another history, kept
+    for the user but out of the way of the next resume and of the best-model choice. Returns the new paths.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    newer = sorted(p for p in folder.glob("*.pt") if (n := iteration_of(p)) is not None and n > iteration)
+    if not newer:
+        return []
+    aside = folder / ROLLED_BACK_DIR
+    aside.mkdir(exist_ok=True)
+    moved = []
+    for path in newer:
+        target = _free_name(aside / path.name)
+        if _sidecar(path).exists():
+            os.replace(_sidecar(path), _sidecar(target))
+        os.replace(path, target)
+        moved.append(target)
+    fsync_dir(aside)
+    fsync_dir(folder)
+    return moved
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``, ... before its suffix if taken (a second roll-back)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    return candidate
 
 
 def clean_temporaries(run_dir: Path) -> list[Path]:

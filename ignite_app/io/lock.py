@@ -57,19 +57,20 @@ class RunLock:
         raise UserError(f"{self.run_dir}: could not take its lock file {LOCK_FILE}; try again")
 
     def release(self) -> None:
-        """Free the lock; a directory this run created and left holding only the lock file is removed."""
+        """Free the lock and remove its file; folders this run created and left empty are removed too.
+
+        The file goes while the lock is still held: a run that opened it meanwhile sees that its file is
+        no longer the one at the path (:meth:`acquire` checks) and tries again with a fresh one.
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
-            if self._created and _only_lock_file(self.run_dir):
-                self.path.unlink()
-                for folder in reversed(self._created):
-                    _rmdir_if_empty(folder)
-            else:
-                os.ftruncate(fd, 0)  # a free lock names no holder
+            self.path.unlink(missing_ok=True)
+            for folder in reversed(self._created):
+                _rmdir_if_empty(folder)
         finally:
-            os.close(fd)  # closing drops the flock; after the unlink, so a waiter sees the file gone
+            os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> RunLock:
         return self
