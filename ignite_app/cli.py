@@ -18,6 +18,7 @@ from ignite_app.config import (
 from ignite_app.errors import AppError, UserError
 
 
+OVERWRITE_HELP = "Replace output files that already exist."
 TRUST_HELP = "Import the code that the run directory's config.yaml names (model:/dataset: package.module:NAME)."
 
 
@@ -233,14 +234,20 @@ def _quiet_ignite() -> None:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Also draw the loss and validation curves into this .png, .svg or .pdf (needs matplotlib).")
-def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None, overwrite: bool) -> None:
     """Summarise runs: last and best value of every TensorBoard scalar, early stopping, best checkpoint.
 
     Several runs (or a folder of runs, such as runs/) are compared side by side.
     """
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output
         from ignite_app.tools.logs import show_logs
+
+        for path, flag in ((csv_path, "--csv"), (plot_path, "--plot")):
+            if path is not None:
+                guard_output(path, flag, [], overwrite)
 
         return show_logs(list(run_dirs), csv_path, plot_path, click.echo)
 
@@ -291,14 +298,17 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 @click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
-                    trust_config: bool) -> None:
+                    trust_config: bool, overwrite: bool) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
         from ignite_app.io.trust import require_trusted_run
 
         require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
+        guard_output(output_path, "--output", [input_path, *resolve_checkpoint(checkpoint)], overwrite)
         from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device)
@@ -315,13 +325,19 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
 @click.option("--output", type=click.Path(path_type=Path),
               help="File to write: .safetensors, .pt/.pth/.ts (torchscript) or .onnx. [default: <checkpoint name>.safetensors, .torchscript.pt or .onnx here]")
 @click.option("--trust-config", is_flag=True, help=TRUST_HELP)
-def export_command(checkpoint: Path, fmt: str, output: Path | None, trust_config: bool) -> None:
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def export_command(checkpoint: Path, fmt: str, output: Path | None, trust_config: bool, overwrite: bool) -> None:
     """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
         from ignite_app.io.trust import require_trusted_run
+        from ignite_app.tools.export import FORMATS, default_output
 
         require_trusted_run(checkpoint, trust_config)
+        source = resolve_checkpoint(checkpoint)[1]
+        if fmt in FORMATS:  # export() names a wrong format itself
+            guard_output(output or default_output(source, fmt), "--output", [source], overwrite)
         from ignite_app.tools.export import export
 
         click.echo(f"wrote {export(checkpoint, fmt, output)}")
