@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -28,4 +29,7 @@ def import_object(path: str, flag: str) -> Any:
         ) from None
     if not hasattr(module, attr):
         raise UserError(f"{flag} {path}: module {module_name!r} has no attribute {attr!r}")
-    return getattr(module, attr)
+    found = getattr(module, attr)
+    if inspect.isbuiltin(found) or not callable(found):  # sys:exit, builtins:breakpoint, os:system, a constant
+        raise UserError(f"{flag} {path}: {attr} is not a class or function written in Python; name your own class or factory")
+    return found

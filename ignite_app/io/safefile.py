@@ -126,3 +126,24 @@ def require_regular_entries(folder: Path, marker: str, what: str) -> None:
                 continue  # a dangling link: the reader skips it
             if not stat.S_ISREG(mode):
                 raise UserError(f"{what} {short(entry.path, 200)} is {file_kind(mode)}, not a regular file; remove it")
+
+
+def require_utf8(path: Path, what: str) -> None:
+    """Refuse a text file that is not UTF-8, naming the first bad byte (read in 1 MiB blocks, never all at once)."""
+    import codecs
+
+    require_regular(path, what)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{what} {short(str(path))} is not UTF-8 text (byte {offset + exc.start}); "
+                                "save it as UTF-8") from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {short(str(path))} is not UTF-8 text (it ends inside a character); save it as UTF-8") from None
