@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,10 @@ from ignite_app.config import (
     default_of, default_output_dir, load_yaml,
 )
 from ignite_app.errors import AppError, UserError
+
+
+OVERWRITE_HELP = "Replace output files that already exist."
+TRUST_HELP = "Import the code that the run directory's config.yaml names (model:/dataset: package.module:NAME)."
 
 
 def default_hint(key: str) -> str:
@@ -107,6 +112,7 @@ def main() -> None:
 
 @click.command("train", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
+@click.option("--trust-config", is_flag=True, default=None, help=TRUST_HELP)  # issue 15
 @click.pass_context
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
     """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
@@ -136,8 +142,9 @@ def _train(config_file: str | None, flags: dict[str, Any]) -> int:
     import_ignite()  # first: without FSDP/DTensor and boto3, ~0.8 s and ~60 MB less at start-up
     from ignite_app.train.launch import launch  # heavy imports only once we really train
 
-    # Under torchrun every process resolves the flags, but only rank 0 claims the output directory.
-    return launch(lambda: resolve_train_config(config_file, flags, claim=False), claim_output_dir)
+    # Under torchrun every process resolves the flags, but only rank 0 claims (and locks) the output directory.
+    with ExitStack() as held:
+        return launch(lambda: resolve_train_config(config_file, flags, claim=False), lambda cfg: claim_output_dir(cfg, held))
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: bool = True) -> Config:
@@ -145,20 +152,29 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
 
     With ``claim``, a new run's output directory is chosen and checked too (:func:`claim_output_dir`).
     """
+    trusted = bool(flags.get("trust_config"))
+    flags = {k: v for k, v in flags.items() if k != "trust_config"}
     file_values = load_yaml(config_file) if config_file else {}
     resume = flags.get("resume") or file_values.get("resume")
     if resume:
-        return _resume_config(Path(resume), file_values, flags)
+        return _resume_config(Path(resume), file_values, flags, trusted)
     cfg = build_config(file_values, flags)
     return claim_output_dir(cfg) if claim else cfg
 
 
-def claim_output_dir(cfg: Config) -> Config:
-    """A new run's directory: --output-dir or a free runs/<dataset>-<timestamp>; refused if it holds files."""
-    if cfg.resume:
-        return cfg  # a resumed run continues in its own directory
-    out = cfg.output_dir or _free_default_dir(cfg.dataset)
-    _refuse_existing_run(Path(out))
+def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:
+    """The run's directory, created and locked: --output-dir or a new runs/<dataset>-<timestamp>[-N].
+
+    The lock stays held until ``held`` closes (without ``held``, it is released at once); a fresh run
+    refuses a directory that holds files, and any run refuses one that another process holds.
+    """
+    from ignite_app.io.lock import claim_run_dir
+
+    out, lock = claim_run_dir(cfg.output_dir, default_output_dir(cfg.dataset), fresh=not cfg.resume)
+    if held is not None:
+        held.callback(lock.release)
+    else:
+        lock.release()
     return cfg.replace(output_dir=out)
 
 
@@ -166,6 +182,10 @@ def run_dir_of(resume: Path) -> Path:
     """The run directory that a --resume path points into."""
     if not resume.exists():
         raise UserError(f"--resume {resume}: no such file or directory")
+    if not resume.is_dir():
+        from ignite_app.io.safefile import require_regular
+
+        require_regular(resume, "--resume")  # a FIFO or /dev/zero: refused, not replaced by another checkpoint
     if resume.is_dir():
         run_dir = resume
     elif resume.parent.name == "checkpoints":
@@ -177,11 +197,14 @@ def run_dir_of(resume: Path) -> Path:
     return run_dir
 
 
-def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> Config:
+def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any], trusted: bool = False) -> Config:
+    from ignite_app.io.trust import require_trusted
+
     run_dir = run_dir_of(resume)
     saved = load_yaml(run_dir / "config.yaml")
     saved_cfg = build_config(saved, {})
     asked = {**file_values, **flags}
+    require_trusted(saved_cfg, run_dir, trusted, {"--model": asked.get("model"), "--dataset": asked.get("dataset")})
     out = asked.get("output_dir")
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
@@ -197,25 +220,6 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
     return cfg
 
 
-def _free_default_dir(dataset: str) -> str:
-    base = default_output_dir(dataset)
-    candidate, n = base, 1
-    while Path(candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
-
-
-def _refuse_existing_run(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(
-            f"{out} already holds files; continue that run with --resume {out}, "
-            "or choose another --output-dir"
-        )
-
-
 # Looking at runs and using their checkpoints. Each command imports its module (and torch) only when it runs.
 
 
@@ -228,14 +232,20 @@ def _quiet_ignite() -> None:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Also draw the loss and validation curves into this .png, .svg or .pdf (needs matplotlib).")
-def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None, overwrite: bool) -> None:
     """Summarise runs: last and best value of every TensorBoard scalar, early stopping, best checkpoint.
 
     Several runs (or a folder of runs, such as runs/) are compared side by side.
     """
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output
         from ignite_app.tools.logs import show_logs
+
+        for path, flag in ((csv_path, "--csv"), (plot_path, "--plot")):
+            if path is not None:
+                guard_output(path, flag, [], overwrite)
 
         return show_logs(list(run_dirs), csv_path, plot_path, click.echo)
 
@@ -250,7 +260,9 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
               help="Which part of the fixed 80/20 split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool,
+                     trust_config: bool) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -260,9 +272,9 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
     def action() -> int:
         import json
 
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
@@ -283,13 +295,18 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
               help="CSV (label, prob_0, ... or output_0, ...) or NPZ (labels and probabilities, or outputs).")
 @click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
+                    trust_config: bool, overwrite: bool) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
+        guard_output(output_path, "--output", [input_path, *resolve_checkpoint(checkpoint)], overwrite)
         from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device)
@@ -305,10 +322,20 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
               help="safetensors (weights only: no code, safe to share), torchscript or onnx.")
 @click.option("--output", type=click.Path(path_type=Path),
               help="File to write: .safetensors, .pt/.pth/.ts (torchscript) or .onnx. [default: <checkpoint name>.safetensors, .torchscript.pt or .onnx here]")
-def export_command(checkpoint: Path, fmt: str, output: Path | None) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def export_command(checkpoint: Path, fmt: str, output: Path | None, trust_config: bool, overwrite: bool) -> None:
     """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
+        from ignite_app.tools.export import FORMATS, default_output
+
+        require_trusted_run(checkpoint, trust_config)
+        source = resolve_checkpoint(checkpoint)[1]
+        if fmt in FORMATS:  # export() names a wrong format itself
+            guard_output(output or default_output(source, fmt), "--output", [source], overwrite)
         from ignite_app.tools.export import export
 
         click.echo(f"wrote {export(checkpoint, fmt, output)}")

@@ -134,7 +134,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
     unknown = sorted(set(merged) - set(config_keys()))
     if unknown:
         raise UserError(
-            f"unknown config key {unknown[0]!r}; valid keys are: {', '.join(config_keys())}"
+            f"unknown config key {_short(unknown[0])}; valid keys are: {', '.join(config_keys())}"
         )
     if isinstance(merged.get("time_limit"), str):
         merged["time_limit"] = parse_duration(merged["time_limit"])
@@ -150,18 +150,26 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with user-facing errors."""
+    """Read a YAML config file into a dict, with user-facing errors; bounded in size, depth and aliases."""
     import yaml
 
+    from ignite_app.io.safefile import MAX_YAML_BYTES, decode_text, parse_yaml, read_bounded
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"config file {str(path)!r} does not exist; pass an existing YAML file to --config")
+    text = decode_text(read_bounded(path, "config file", MAX_YAML_BYTES), path, "config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(path)!r} is not valid YAML ({first_line(exc)}); fix the file") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, ...
+        raise UserError(f"config file {str(path)!r} holds a value that cannot be read ({first_line(exc, 100)}); fix the file") from None
+    except RecursionError:  # a flow collection nested beyond Python's stack, before the depth check sees it
+        raise UserError(f"config file {str(path)!r} is nested too deeply; fix the file") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    _check_keys(data, path)
     return data
 
 
@@ -195,7 +203,7 @@ def parse_duration(text: str) -> float:
         pass
     match = _DURATION.match(text)
     if not text or match is None or not any(match.groups()):
-        raise UserError(f"invalid --time-limit {text!r}: use a duration such as 3h30m, 90m, 45s or seconds")
+        raise UserError(f"invalid --time-limit {_short(text)}: use a duration such as 3h30m, 90m, 45s or seconds")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
 
@@ -209,13 +217,13 @@ _NUMERIC_KEYS = {
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected a number")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected a number")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected {'an integer' if kind is int else 'a number'}") from None
     if kind is int and isinstance(value, float) and number != value:
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected an integer")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected an integer")
     return number
 
 
@@ -238,29 +246,31 @@ def _check_cuda_graph(cfg: Config) -> None:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"invalid --{name} {value!r}: choose one of {', '.join(choices)}")
+        raise UserError(f"invalid --{name} {_short(value)}: choose one of {', '.join(choices)}")
 
 
 def _check_number(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"invalid --{name} {value!r}: expected an integer >= {minimum}")
+        raise UserError(f"invalid --{name} {_short(value)}: expected an integer >= {minimum}")
+    if value > MAX_INT:  # what torch (seeds, sizes) and TensorBoard (hparams) take, with room for seed + rank
+        raise UserError(f"invalid --{name} {_short(value)}: expected an integer from {minimum} to {MAX_INT}")
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if not ok or value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
         bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"invalid --{name} {value!r}: expected a finite number {bound}")
+        raise UserError(f"invalid --{name} {_short(value)}: expected a finite number {bound}")
 
 
 def _check_text(key: str, value: Any, optional: bool) -> None:
     if not isinstance(value, str) and not (optional and value is None):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected a string (quote it in the YAML file)")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected a string (quote it in the YAML file)")
 
 
 def _check_flag(key: str, value: Any, optional: bool) -> None:
     if not isinstance(value, bool) and not (optional and value is None):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected true or false")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected true or false")
 
 
 def _check_dataset(value: Any) -> None:
@@ -268,19 +278,42 @@ def _check_dataset(value: Any) -> None:
         raise UserError("invalid --dataset: expected a name such as digits")
     if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:")):
         if value in ("csv:", "npz:"):
-            raise UserError(f"invalid --dataset {value!r}: give a path, e.g. {value}data/train.{value[:3]}")
+            raise UserError(f"invalid --dataset {_short(value)}: give a path, e.g. {value}data/train.{value[:3]}")
         return
     if not _is_import_path(value):
         raise UserError(
-            f"invalid --dataset {value!r}: use digits, synthetic-regression, csv:PATH, npz:PATH "
+            f"invalid --dataset {_short(value)}: use digits, synthetic-regression, csv:PATH, npz:PATH "
             "or package.module:NAME"
         )
 
 
 def _check_model(value: Any) -> None:
     if not isinstance(value, str) or (value not in BUILTIN_MODELS and not _is_import_path(value)):
-        raise UserError(f"invalid --model {value!r}: use mlp, cnn or package.module:ClassName")
+        raise UserError(f"invalid --model {_short(value)}: use mlp, cnn or package.module:ClassName")
 
 
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
+
+
+# issue 15: bounded values and messages for hostile or mistaken configs
+
+
+def _check_keys(data: dict[Any, Any], path: Path) -> None:
+    """Every key of a config file is a string (YAML reads ``1:`` or ``[a]:`` as other types)."""
+    from ignite_app.io.safefile import short
+
+    for key in data:
+        if not isinstance(key, str):
+            raise UserError(f"config file {str(path)!r} has the key {short(key)}, which is not a name; "
+                            f"use keys such as epochs")
+
+
+MAX_INT = 2**31 - 1  # the largest value an integer option takes
+
+
+def _short(value: Any) -> str:
+    """The value as quoted in an error message: at most a short prefix of it."""
+    from ignite_app.io.safefile import short
+
+    return short(value)

@@ -33,7 +33,7 @@ def _user_model(path: str) -> nn.Module:
     cls = import_object(path, "--model")
     try:
         model = cls()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: a class that calls sys.exit() must not end the run with 0
         raise UserError(f"--model {path}: {path.split(':')[1]}() failed ({type(exc).__name__}: {exc}); "
                         "the class must build with no arguments") from None
     if not isinstance(model, nn.Module):

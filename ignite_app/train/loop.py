@@ -151,8 +151,8 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
     """Report how the run ended and return its exit code."""
     state = run.trainer.state
     reason = agreed_stop_reason(stop.reason())
-    last = ckpt.train_checkpoints(run.run_dir)
-    where = f"; checkpoint {last[0]}" if last else ""
+    last = run.train_checkpoint.last_checkpoint if run.train_checkpoint is not None else None
+    where = f"; checkpoint {run.run_dir / ckpt.CHECKPOINT_DIR / last}" if last else ""  # this run's, not any newer file
     if reason is not None:
         if run.is_writer:
             echo(f"stopped by {reason} at iteration {state.iteration} (epoch {state.epoch}){where}; "
