@@ -54,6 +54,9 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 14: trackers besides TensorBoard
+    click.option("--tracker", help="Trackers, comma-separated: tensorboard (always on), mlflow (needs ignite_app[mlflow])." + default_hint("tracker")),
+    click.option("--mlflow-uri", help="MLflow tracking URI. [default: sqlite:///<folder holding the run directory>/mlflow.db]"),
 ]
 
 

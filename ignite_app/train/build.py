@@ -80,6 +80,7 @@ class Run(Pipeline):
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
+    trackers: Any = None  # issue 14: train.trackers.Trackers, opened with TensorBoard
 
 
 def pick_device(cfg: Config) -> torch.device:
