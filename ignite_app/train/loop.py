@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
@@ -20,8 +21,11 @@ from ignite_app.train.tblog import (
 )
 
 
-def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
-    """Train as ``cfg`` says; returns the process exit code."""
+def train(cfg: Config, echo: Echo = print, warn: Echo | None = None, prepare: Callable[[Run], None] | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code.
+
+    ``prepare(run)`` runs once the run is open, before training: ``tune`` attaches its pruning there.
+    """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     if idist.get_rank() != 0:  # only rank 0 prints
         echo = warn = _silent
@@ -40,6 +44,8 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     stop.install()
     try:
         open_run(run, stop, echo, resumed, warn)
+        if prepare is not None:  # issue 14: after open_run, so its handlers follow the epoch-end checkpoint
+            prepare(run)
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
