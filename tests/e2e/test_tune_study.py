@@ -107,3 +107,21 @@ def test_sigkill_during_a_trial_then_rerunning_tune_resumes_it_and_repeats_no_fi
     assert done == [str(study / f"trial-{n:03d}") for n in (0, 1, 3)]
     assert trial_dirs(study) == ["trial-000", "trial-001", "trial-003"]
     assert "completed 3/3 epochs" in run_app("logs", str(killed)).stdout
+
+
+def test_sigterm_stops_the_trial_with_a_checkpoint_and_the_rerun_resumes_it(tmp_path):
+    study, search = tmp_path / "study", search_file(tmp_path, "lr: {log_uniform: [1.0e-3, 1.0e-2]}\n")
+    args = tune_args(study, search, 2, "--epochs", "3", "--batch-size", "16", "--pruner", "none")
+    proc = start_tune(*args)
+    first = study / "trial-000"
+    wait_for(lambda: (first / "checkpoints" / "checkpoint_90.pt.sha256").exists(), proc, timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in out and "run the same tune command again" in out
+    rerun = run_app(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming from {first}/checkpoints/checkpoint_" in rerun.stdout
+    trials = load_trials(study)
+    assert states(trials) == ["COMPLETE", "COMPLETE", "FAIL"]  # the stopped trial, re-queued and resumed
+    assert trial_dirs(study) == ["trial-000", "trial-002"]
