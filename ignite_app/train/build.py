@@ -36,6 +36,7 @@ from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
 from ignite_app.train.state import GradState, Meta, RNGState
+from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -80,7 +81,7 @@ class Run(Pipeline):
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
-    trackers: Any = None  # issue 14: train.trackers.Trackers, opened with TensorBoard
+    trackers: Trackers | None = None  # issue 14: opened with TensorBoard
 
 
 def pick_device(cfg: Config) -> torch.device:

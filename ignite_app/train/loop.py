@@ -49,7 +49,8 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None, prepare: Ca
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
-            run.trackers.log_final(final_metrics(run), run.trainer.state.iteration)  # issue 14
+            if run.trackers is not None:  # issue 14
+                run.trackers.log_final(final_metrics(run), run.trainer.state.iteration)
     finally:
         try:
             close_run(run)  # waits for checkpoint writes in flight: a second Ctrl-C must still exit at once
