@@ -376,8 +376,9 @@ def tune_command(config_file: str | None, compile_: bool | None, trials: int, se
         from ignite_app.fastimport import import_ignite
 
         import_ignite()
-        from ignite_app.tools.tune import TuneSpec, load_search, tune
+        from ignite_app.tools.tune import TuneSpec, load_search, require_optuna, tune
 
+        require_optuna()
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
         file_values = load_yaml(config_file) if config_file else {}
         study_dir = _study_dir(values, file_values, trials)

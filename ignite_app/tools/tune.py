@@ -38,6 +38,15 @@ class TuneSpec:
     sampler_seed: int | None = None
 
 
+def require_optuna() -> None:
+    """Optuna and optuna-integration are importable, or one line names the extra to install."""
+    try:
+        import optuna  # noqa: F401
+        import optuna_integration  # noqa: F401
+    except ImportError:
+        raise UserError('tune needs the tune extra: pip install "ignite_app[tune]" (optuna, optuna-integration)') from None
+
+
 # --- the search file -------------------------------------------------------------------------------
 
 

@@ -64,9 +64,10 @@ def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = N
 
     ``train`` calls it between building and running; scripts/bench.py too, to time exactly this run.
     """
+    with fail_together():  # issue 14: first, so that a tracker that cannot be reached stops every rank, writing nothing
+        if run.is_writer:
+            run.trackers = start_trackers(run.cfg, run.run_dir, run.trainer, run.evaluator, run.optimizer, warn or _stderr)
     if run.is_writer:
-        # issue 14: first, so that a tracker that cannot be reached leaves nothing written
-        run.trackers = start_trackers(run.cfg, run.run_dir, run.trainer, run.evaluator, run.optimizer, warn or _stderr)
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(run.cfg, run.run_dir / "config.yaml")
         run.tb_logger = start_tensorboard(run, resumed)

@@ -104,36 +104,43 @@ def start_mlflow(cfg: Config, run_dir: Path, warn: Warn) -> SafeMLflowLogger:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = tracking_uri(cfg, run_dir)
     id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    saved_id = id_file.read_text().strip() if id_file.is_file() else None
     try:
         mlflow.set_tracking_uri(uri)
-        if run_id is None:
-            experiment = get_or_create_experiment(mlflow, run_dir.resolve().parent.name or "runs", cfg)
-            run_id = mlflow.MlflowClient().create_run(experiment, run_name=run_dir.name).info.run_id
-            logged: dict[str, int] = {}
-        else:
-            logged = logged_steps(mlflow, run_id)
-            mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+        run_id, logged = reopen_run(mlflow, saved_id) if saved_id else (create_run(mlflow, cfg, run_dir), {})
     except Exception as exc:
         raise UserError(f"--mlflow-uri {uri}: cannot open the MLflow run ({type(exc).__name__}: {first_line(exc)}); "
                         "start the tracking server, pass another --mlflow-uri, or drop mlflow from --tracker") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(id_file, run_id.encode())
     logger = SafeMLflowLogger(run_id, warn, logged)
-    if not logged:
+    if saved_id is None:
         logger.log_params(loggable_params(cfg))
     return logger
 
 
-def get_or_create_experiment(mlflow: Any, name: str, cfg: Config) -> str:
-    """The id of the experiment ``name``; the default store keeps its artifacts beside it, not in the working directory."""
+def create_run(mlflow: Any, cfg: Config, run_dir: Path) -> str:
+    """A new MLflow run named after the run directory, in the experiment named after its folder."""
+    # The default store keeps its artifacts beside it, not in MLflow's default ./mlruns of the working directory.
+    artifact_root = None if cfg.mlflow_uri else run_dir.resolve().parent / ARTIFACT_DIR
+    experiment = get_or_create_experiment(mlflow, run_dir.resolve().parent.name or "runs", artifact_root)
+    return mlflow.MlflowClient().create_run(experiment, run_name=run_dir.name).info.run_id
+
+
+def reopen_run(mlflow: Any, run_id: str) -> tuple[str, dict[str, int]]:
+    """The saved MLflow run, running again, and the last step of each of its metrics."""
+    logged = logged_steps(mlflow, run_id)
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+    return run_id, logged
+
+
+def get_or_create_experiment(mlflow: Any, name: str, artifact_root: Path | None) -> str:
+    """The id of the experiment ``name``, created with its artifacts under ``artifact_root`` (else the store's default)."""
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if cfg.mlflow_uri is None:
-        location = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///")).parent.joinpath(ARTIFACT_DIR, name).as_uri()
+    location = (artifact_root / name).as_uri() if artifact_root is not None else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it in between

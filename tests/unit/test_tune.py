@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_tune_command_errors_are_one_line_and_write_nothing(tmp_path):
         result = invoke_app("tune", "--trials", "2", *args)
         assert_one_error_line(result.exit_code, result.stderr, result.output, message)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("module", ["optuna", "optuna_integration"])
+def test_a_missing_tune_extra_is_one_error_line_naming_it(tmp_path, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    good = search_file(tmp_path, "lr: {log_uniform: [1.0e-4, 1.0e-1]}\n")
+    result = invoke_app("tune", "--trials", "2", "--search", str(good), "--output-dir", str(tmp_path / "s"))
+    assert_one_error_line(result.exit_code, result.stderr, result.output, 'pip install "ignite_app[tune]"')
 
 
 class FakeTrial:
