@@ -59,6 +59,9 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 14: trackers besides TensorBoard
+    click.option("--tracker", help="Trackers, comma-separated: tensorboard (always on), mlflow (needs ignite_app[mlflow])." + default_hint("tracker")),
+    click.option("--mlflow-uri", help="MLflow tracking URI. [default: sqlite:///<folder holding the run directory>/mlflow.db]"),
 ]
 
 
@@ -369,6 +372,65 @@ def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: fl
         return lr_find(build_config(file_values, values), start_lr, end_lr, num_iter, plot, click.echo)
 
     sys.exit(guarded(action))
+
+
+# issue 14: tune
+
+
+@main.command("tune")
+@train_options
+@click.option("--trials", type=int, required=True, help="How many trials the study holds (all processes together).")
+@click.option("--search", "search_path", type=click.Path(path_type=Path), required=True,
+              help="YAML of distributions, e.g. lr: {log_uniform: [1e-4, 1e-1]}, batch_size: {choice: [32, 64]}.")
+@click.option("--storage", help="Optuna storage shared by processes: sqlite:///study.db, an RDB URL, or a journal file. "
+                                "[default: OUTPUT_DIR/study.journal]")
+@click.option("--study-name", help="Study name in the storage. [default: the name of --output-dir]")
+@click.option("--pruner", type=click.Choice(("median", "halving", "none")), default="median", show_default=True,
+              help="Prune unpromising trials at each validation: median or successive halving.")
+@click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (reproducible studies in one process).")
+def tune_command(config_file: str | None, compile_: bool | None, trials: int, search_path: Path, storage: str | None,
+                 study_name: str | None, pruner: str, sampler_seed: int | None, **flags: Any) -> None:
+    """Search hyper-parameters with Optuna; each trial is a run directory OUTPUT_DIR/trial-NNN.
+
+    Takes the train options and --config file as the fixed part of every trial. Several processes or
+    machines on one --storage work on one study; run the same command again to continue a stopped one.
+    """
+
+    def action() -> int:
+        _quiet_ignite()
+        from ignite_app.fastimport import import_ignite
+
+        import_ignite()
+        from ignite_app.tools.tune import TuneSpec, load_search, require_optuna, tune
+
+        require_optuna()
+        values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        file_values = load_yaml(config_file) if config_file else {}
+        study_dir = _study_dir(values, file_values, trials)
+        build_config(file_values, values)  # the fixed part fails here, before any trial
+        spec = TuneSpec(study_dir, trials, load_search(search_path, {**file_values, **values}), storage, study_name,
+                        pruner, sampler_seed)
+
+        def new_config(params: Any, run_dir: Path) -> Config:
+            return claim_output_dir(build_config(file_values, {**values, **params, "output_dir": str(run_dir)}))
+
+        def resume_config(run_dir: Path) -> Config:
+            return resolve_train_config(None, {"resume": str(run_dir)})
+
+        return tune(spec, new_config, resume_config, click.echo, lambda line: click.echo(line, err=True))
+
+    sys.exit(guarded(action))
+
+
+def _study_dir(values: dict[str, Any], file_values: dict[str, Any], trials: int) -> Path:
+    if values.get("resume") or file_values.get("resume"):
+        raise UserError("tune starts and resumes its trials itself; drop --resume (run the same tune command to continue)")
+    if trials < 1:
+        raise UserError(f"invalid --trials {trials}: expected an integer >= 1")
+    out = values.pop("output_dir", None) or file_values.pop("output_dir", None)
+    if not out:
+        raise UserError("tune needs --output-dir STUDY_DIR: the folder of the study (trial-NNN run directories)")
+    return Path(out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
+TRACKERS = ("tensorboard", "mlflow")  # issue 14: TensorBoard is always on; the others are optional extras
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
@@ -65,6 +66,9 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 14: trackers besides TensorBoard
+    tracker: str = "tensorboard"
+    mlflow_uri: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -98,6 +102,7 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_trackers(self)  # issue 14
 
     @property
     def is_user_model(self) -> bool:
@@ -242,6 +247,20 @@ def _check_cuda_graph(cfg: Config) -> None:
     for flag, bad, fix in conflicts:
         if bad:
             raise UserError(f"--cuda-graph does not work with {flag}: {fix}, or drop --cuda-graph")
+
+
+def tracker_names(text: str) -> tuple[str, ...]:
+    """The trackers a ``--tracker`` value names, TensorBoard always first (issue 14)."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    return ("tensorboard", *dict.fromkeys(n for n in names if n != "tensorboard"))
+
+
+def _check_trackers(cfg: Config) -> None:
+    _check_text("tracker", cfg.tracker, optional=False)
+    _check_text("mlflow_uri", cfg.mlflow_uri, optional=True)
+    unknown = [n for n in tracker_names(cfg.tracker) if n not in TRACKERS]
+    if unknown:
+        raise UserError(f"invalid --tracker {unknown[0]!r}: choose from {', '.join(TRACKERS)}, comma-separated")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

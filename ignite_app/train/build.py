@@ -37,6 +37,7 @@ from ignite_app.train.handlers import (
 )
 from ignite_app.train.state import GradState, Meta, RNGState
 from ignite_app.train.tblog import attach_progress_bar
+from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -81,6 +82,7 @@ class Run(Pipeline):
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
+    trackers: Trackers | None = None  # issue 14: opened with TensorBoard
 
 
 def pick_device(cfg: Config) -> torch.device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
@@ -14,13 +15,17 @@ from ignite_app.train.build import Echo, Run, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
 from ignite_app.train.handlers import StopSignal, attach_stop
 from ignite_app.train.resume import Resumed, clean_stale_saves, restore
+from ignite_app.train.trackers import start_trackers
 from ignite_app.train.tblog import (
     TensorboardLogger, attach_epoch_stats, attach_tensorboard, log_config, log_hparams, open_tensorboard,
 )
 
 
-def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
-    """Train as ``cfg`` says; returns the process exit code."""
+def train(cfg: Config, echo: Echo = print, warn: Echo | None = None, prepare: Callable[[Run], None] | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code.
+
+    ``prepare(run)`` runs once the run is open, before training: ``tune`` attaches its pruning there.
+    """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     if idist.get_rank() != 0:  # only rank 0 prints
         echo = warn = _silent
@@ -38,10 +43,14 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     stop = StopSignal(cfg.time_limit)
     stop.install()
     try:
-        open_run(run, stop, echo, resumed)
+        open_run(run, stop, echo, resumed, warn)
+        if prepare is not None:  # issue 14: after open_run, so its handlers follow the epoch-end checkpoint
+            prepare(run)
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
+            if run.trackers is not None:  # issue 14
+                run.trackers.log_final(final_metrics(run), run.trainer.state.iteration)
     finally:
         try:
             close_run(run)  # waits for checkpoint writes in flight: a second Ctrl-C must still exit at once
@@ -50,11 +59,14 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     return finish(run, stop, echo)
 
 
-def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None) -> None:
+def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None, warn: Echo | None = None) -> None:
     """Write the run directory, open TensorBoard, attach checkpointing: then ``run.trainer.run`` trains.
 
     ``train`` calls it between building and running; scripts/bench.py too, to time exactly this run.
     """
+    with fail_together():  # issue 14: first, so that a tracker that cannot be reached stops every rank, writing nothing
+        if run.is_writer:
+            run.trackers = start_trackers(run.cfg, run.run_dir, run.trainer, run.evaluator, run.optimizer, warn or _stderr)
     if run.is_writer:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(run.cfg, run.run_dir / "config.yaml")
@@ -71,6 +83,8 @@ def close_run(run: Run) -> None:
     finally:
         if run.tb_logger is not None:
             run.tb_logger.close()
+        if run.trackers is not None:  # issue 14: after the saver, so the best checkpoint is whole on disk
+            run.trackers.close(ckpt.best_checkpoint(run.run_dir))
 
 
 def start_tensorboard(run: Run, resumed: Resumed | None) -> TensorboardLogger:
@@ -97,6 +111,10 @@ def final_metrics(run: Run) -> dict[str, float]:
 
 def _silent(msg: str) -> None:
     pass
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
