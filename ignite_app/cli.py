@@ -11,7 +11,7 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, REQUEUE_SIGNALS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
     default_of, default_output_dir, load_yaml, parse_duration,
 )
 from ignite_app.errors import AppError, UserError
@@ -54,6 +54,10 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 17: preemption
+    click.option("--requeue-signal", type=click.Choice(REQUEUE_SIGNALS),
+                 help="On this signal save at the next iteration and exit; under SLURM (sbatch --signal=USR1@90 --requeue) "
+                      "also requeue the job. Pair it with --resume auto."),
 ]
 
 
@@ -149,10 +153,21 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
     if isinstance(flags.get("time_limit"), str):
         flags["time_limit"] = parse_duration(flags["time_limit"])
     resume = flags.get("resume") or file_values.get("resume")
+    if resume == "auto":  # issue 17: continue the run in --output-dir if it holds one, else start it
+        resume = _auto_resume(file_values, flags)
     if resume:
         return _resume_config(Path(resume), file_values, flags)
     cfg = build_config(file_values, flags)
     return claim_output_dir(cfg) if claim else cfg
+
+
+def _auto_resume(file_values: dict[str, Any], flags: dict[str, Any]) -> str | None:
+    """--resume auto: the run directory to continue, or None (and no resume key left) to start the run."""
+    from ignite_app.train.autoresume import auto_resume_dir
+
+    file_values.pop("resume", None)
+    flags.pop("resume", None)
+    return auto_resume_dir(build_config(file_values, flags))
 
 
 def claim_output_dir(cfg: Config) -> Config:

@@ -23,6 +23,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
+REQUEUE_SIGNALS = ("USR1", "USR2")  # issue 17: the warning a SLURM job asks for with sbatch --signal=USR1@90
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
@@ -65,6 +66,8 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 17: preemption (SLURM requeue)
+    requeue_signal: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -98,6 +101,8 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        if self.requeue_signal is not None:  # issue 17
+            _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
 
     @property
     def is_user_model(self) -> bool:
