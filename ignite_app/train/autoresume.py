@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ignite_app.config import RESUME_FIXED_KEYS, Config, build_config
 from ignite_app.errors import UserError
+from ignite_app.io.atomic import TMP_SUFFIX, remove_stale_temporaries
 from ignite_app.io.paths import is_run_dir, run_config
 from ignite_app.train.distributed import from_rank_zero, in_process_group
 
@@ -28,6 +29,8 @@ def auto_resume_dir(asked: Config) -> str | None:
     if asked.output_dir is None:
         raise UserError("--resume auto needs --output-dir: the directory where every attempt finds the run; add --output-dir DIR")
     out = Path(asked.output_dir)
+    if out.is_dir() and interrupted_start(out):
+        remove_stale_temporaries(out)  # nothing of the run was written yet: start it
     if not out.is_dir() or not any(out.iterdir()):
         return None  # a new run; a path that is a file is refused when the directory is claimed
     if not is_run_dir(out):
@@ -37,6 +40,12 @@ def auto_resume_dir(asked: Config) -> str | None:
         )
     check_same_run(out, asked)
     return str(out)
+
+
+def interrupted_start(out: Path) -> bool:
+    """Whether ``out`` holds only the temporary config.yaml of a first attempt killed while writing it."""
+    entries = list(out.iterdir())
+    return bool(entries) and all(p.name.startswith(".config.yaml.") and p.name.endswith(TMP_SUFFIX) for p in entries)
 
 
 def check_same_run(run_dir: Path, asked: Config) -> None:

@@ -33,6 +33,14 @@ def test_an_absent_or_empty_directory_starts_the_run(tmp_path):
     assert auto_resume_dir(Config(output_dir=str(tmp_path / "empty"))) is None
 
 
+def test_a_first_attempt_killed_while_writing_config_yaml_starts_again(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.yaml.k3j9x.tmp").write_bytes(b"dataset: dig")
+    assert auto_resume_dir(Config(output_dir=str(out))) is None
+    assert list(out.iterdir()) == []
+
+
 def test_a_run_of_the_same_configuration_is_continued(tmp_path):
     run = saved_run(tmp_path / "run", lr=0.01, epochs=3)
     assert auto_resume_dir(Config(output_dir=str(run), lr=0.01, epochs=9)) == str(run)  # --epochs may change
