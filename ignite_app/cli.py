@@ -40,7 +40,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
     click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
-    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file."),
+    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file; "
+                                                          "auto: the run in --output-dir if it holds one, else start it there."),
     click.option("--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"),
     click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + default_hint("log_every")),
     click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + default_hint("amp")),
