@@ -154,7 +154,7 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
     if isinstance(flags.get("time_limit"), str):
         flags["time_limit"] = parse_duration(flags["time_limit"])
     resume = flags.get("resume") or file_values.get("resume")
-    if resume == "auto":  # issue 17: continue the run in --output-dir if it holds one, else start it
+    if resume == "auto":  # issue 17: continue the run in --output-dir if it holds one, else start it (a folder named auto: ./auto)
         resume = _auto_resume(file_values, flags)
     if resume:
         return _resume_config(Path(resume), file_values, flags)

@@ -18,9 +18,6 @@ from ignite_app.io.atomic import TMP_SUFFIX, remove_stale_temporaries
 from ignite_app.io.paths import is_run_dir, run_config
 from ignite_app.train.distributed import from_rank_zero, in_process_group
 
-AUTO = "auto"  # the --resume value that decides by itself; a directory named auto is ./auto
-
-
 def auto_resume_dir(asked: Config) -> str | None:
     """The run directory to continue, or None to start the run there; refuses a directory that holds another run.
 
