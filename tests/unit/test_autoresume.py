@@ -103,7 +103,7 @@ def test_a_collective_whose_peer_died_becomes_one_line():
 
 
 def test_a_peer_that_hangs_past_the_timeout_is_a_broken_group_too():
-    # gloo's words when the other rank never joined the collective (measured with IGNITE_APP_DIST_TIMEOUT=3)
+    # gloo's words when the other rank never joined the collective (measured: a 2-process gloo group, 3 s timeout)
     hung = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
                         "Timed out waiting 3000ms for recv operation to complete")
     assert elastic.is_broken_group(hung)
