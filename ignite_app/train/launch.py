@@ -85,12 +85,12 @@ def _launcher_rank() -> int:
 
 
 def _train_as_rank(cfg: Config, claim: Callable[[Config], Config]) -> int:
-    cfg = follow_rank_zero(cfg)  # issue 17: one decision to resume or start (--resume auto), rank 0's
-    cfg = cfg.replace(output_dir=from_rank_zero(lambda: str(claim(cfg).output_dir)))
     with report_broken_group():  # issue 17: a dead or hung peer is one line, and torchrun restarts the job
+        cfg = follow_rank_zero(cfg)  # issue 17: one decision to resume or start (--resume auto), rank 0's
+        cfg = cfg.replace(output_dir=from_rank_zero(lambda: str(claim(cfg).output_dir)))
         code = train(cfg)
-    ignore_teardown_sigterm()
-    idist.barrier()  # leave together: torchrun tears the job down as soon as one rank exits non-zero
+        ignore_teardown_sigterm()
+        idist.barrier()  # leave together: torchrun tears the job down as soon as one rank exits non-zero
     return code
 
 
