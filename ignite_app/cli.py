@@ -12,7 +12,7 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, REQUEUE_SIGNALS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
     default_of, default_output_dir, load_yaml,
 )
 from ignite_app.errors import AppError, UserError
@@ -45,7 +45,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
     click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
-    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file."),
+    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file; "
+                                                          "auto: the run in --output-dir if it holds one, else start it there."),
     click.option("--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"),
     click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + default_hint("log_every")),
     click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + default_hint("amp")),
@@ -62,6 +63,10 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     # issue 14: trackers besides TensorBoard
     click.option("--tracker", help="Trackers, comma-separated: tensorboard (always on), mlflow (needs ignite_app[mlflow])." + default_hint("tracker")),
     click.option("--mlflow-uri", help="MLflow tracking URI. [default: sqlite:///<folder holding the run directory>/mlflow.db]"),
+    # issue 17: preemption
+    click.option("--requeue-signal", type=click.Choice(REQUEUE_SIGNALS),
+                 help="On this signal save at the next iteration and exit; under SLURM (sbatch --signal=USR1@90 --requeue) "
+                      "also requeue the job. Pair it with --resume auto."),
 ]
 
 
@@ -159,10 +164,21 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
     flags = {k: v for k, v in flags.items() if k != "trust_config"}
     file_values = load_yaml(config_file) if config_file else {}
     resume = flags.get("resume") or file_values.get("resume")
+    if resume == "auto":  # issue 17: continue the run in --output-dir if it holds one, else start it (a folder named auto: ./auto)
+        resume = _auto_resume(file_values, flags)
     if resume:
         return _resume_config(Path(resume), file_values, flags, trusted)
     cfg = build_config(file_values, flags)
     return claim_output_dir(cfg) if claim else cfg
+
+
+def _auto_resume(file_values: dict[str, Any], flags: dict[str, Any]) -> str | None:
+    """--resume auto: the run directory to continue, or None (and no resume key left) to start the run."""
+    from ignite_app.train.autoresume import auto_resume_dir
+
+    file_values.pop("resume", None)
+    flags.pop("resume", None)
+    return auto_resume_dir(build_config(file_values, flags))
 
 
 def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:

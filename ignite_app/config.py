@@ -24,6 +24,7 @@ BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
 TRACKERS = ("tensorboard", "mlflow")  # issue 14: TensorBoard is always on; the others are optional extras
+REQUEUE_SIGNALS = ("USR1", "USR2")  # issue 17: the warning a SLURM job asks for with sbatch --signal=USR1@90
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
@@ -69,6 +70,8 @@ class Config:
     # issue 14: trackers besides TensorBoard
     tracker: str = "tensorboard"
     mlflow_uri: str | None = None
+    # issue 17: preemption (SLURM requeue)
+    requeue_signal: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -103,6 +106,8 @@ class Config:
         if self.cuda_graph:
             _check_cuda_graph(self)
         _check_trackers(self)  # issue 14
+        if self.requeue_signal is not None:  # issue 17
+            _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
 
     @property
     def is_user_model(self) -> bool:

@@ -9,11 +9,12 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
 from ignite_app.config import Config, save_yaml
-from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
+from ignite_app.errors import EXIT_OK
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
 from ignite_app.train.handlers import StopSignal, attach_stop
+from ignite_app.train.requeue import requeue_after_stop, requeue_signal_number, stop_exit_code
 from ignite_app.train.resume import Resumed, clean_stale_saves, restore
 from ignite_app.train.trackers import start_trackers
 from ignite_app.train.tblog import (
@@ -40,7 +41,7 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None, prepare: Ca
         resumed.apply()  # before anything on disk changes: a part that does not load leaves the run untouched
         if run.is_writer:
             clean_stale_saves(run, resumed, warn)
-    stop = StopSignal(cfg.time_limit)
+    stop = StopSignal(cfg.time_limit, requeue_signal=requeue_signal_number(cfg))  # issue 17: + --requeue-signal
     stop.install()
     try:
         open_run(run, stop, echo, resumed, warn)
@@ -175,7 +176,8 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
         if run.is_writer:
             echo(f"stopped by {reason} at iteration {state.iteration} (epoch {state.epoch}){where}; "
                  f"continue with: ignite-app train --resume {run.run_dir}")
-        return {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT}.get(reason, EXIT_OK)
+            requeue_after_stop(run.cfg, reason, echo)  # issue 17: the checkpoint is on disk (close_run waited for it)
+        return stop_exit_code(reason)
     if run.is_writer:
         if run.stopper is not None and run.stopper.counter >= run.cfg.patience:
             echo(f"early stopping at epoch {state.epoch}: validation loss did not improve for {run.cfg.patience} epochs")
