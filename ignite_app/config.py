@@ -28,6 +28,7 @@ BUILTIN_MODELS = ("auto", "mlp", "cnn")
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
+    "val_fraction", "image_size", "augment",  # issue 13
 )
 
 
@@ -65,6 +66,13 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 13: image folders, augmentation on the device, data larger than memory
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    cache_dir: str | None = None
+    strict: bool = False
+    augment: str = "off"
+    memory_budget_mb: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -98,6 +106,7 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_image_options(self)  # issue 13
 
     @property
     def is_user_model(self) -> bool:
@@ -205,6 +214,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "val_fraction": float, "image_size": int, "memory_budget_mb": int,  # issue 13
 }
 
 
@@ -267,14 +277,14 @@ def _check_flag(key: str, value: Any, optional: bool) -> None:
 def _check_dataset(value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise UserError("invalid --dataset: expected a name such as digits")
-    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:")):
-        if value in ("csv:", "npz:"):
+    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:", "imagefolder:")):
+        if value in ("csv:", "npz:", "imagefolder:"):
             raise UserError(f"invalid --dataset {value!r}: give a path, e.g. {value}data/train.{value[:3]}")
         return
     if not _is_import_path(value):
         raise UserError(
-            f"invalid --dataset {value!r}: use digits, synthetic-regression, csv:PATH, npz:PATH "
-            "or package.module:NAME"
+            f"invalid --dataset {value!r}: use digits, synthetic-regression, csv:PATH, npz:PATH, "
+            "imagefolder:PATH or package.module:NAME"
         )
 
 
@@ -285,3 +295,34 @@ def _check_model(value: Any) -> None:
 
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
+
+
+AUGMENTATIONS = ("crop", "flip", "resized-crop")
+
+
+def augmentations(value: str) -> tuple[str, ...]:
+    """The augmentations ``--augment`` names: ``off``, ``on`` (crop and flip) or a comma list of AUGMENTATIONS."""
+    if value == "off":
+        return ()
+    if value == "on":
+        return ("crop", "flip")
+    return tuple(part.strip() for part in value.split(","))
+
+
+def _check_image_options(cfg: Config) -> None:
+    """issue 13: --val-fraction, --image-size, --augment, --cache-dir, --strict, --memory-budget-mb."""
+    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool)
+    if not ok or not 0 < cfg.val_fraction < 1:
+        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    if cfg.image_size is not None:
+        _check_number("image-size", cfg.image_size, minimum=4)
+    if cfg.memory_budget_mb is not None:
+        _check_number("memory-budget-mb", cfg.memory_budget_mb, minimum=1)
+    _check_text("cache_dir", cfg.cache_dir, optional=True)
+    _check_flag("strict", cfg.strict, optional=False)
+    _check_text("augment", cfg.augment, optional=False)
+    unknown = [a for a in augmentations(cfg.augment) if a not in AUGMENTATIONS]
+    if unknown:
+        raise UserError(f"invalid --augment {cfg.augment!r}: use off, on, or a comma list of {', '.join(AUGMENTATIONS)}")
+    if cfg.augment != "off" and not cfg.dataset.startswith("imagefolder:"):
+        raise UserError(f"--augment applies to imagefolder: datasets, not {cfg.dataset!r}; drop --augment")

@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ignite_app.data.arrays import StreamingArrayDataset
 from ignite_app.data.sources import ArrayDataset, collate_batch
 
 
@@ -105,7 +106,7 @@ def make_loader(
     """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``."""
     if in_memory and isinstance(dataset, ArrayDataset):
         return InMemoryLoader(dataset, batch_size, sampler, device if device.type == "cuda" else None)
-    array = isinstance(dataset, ArrayDataset)
+    array = isinstance(dataset, (ArrayDataset, StreamingArrayDataset))  # both return whole batches
     return DataLoader(
         dataset,
         batch_size=batch_size,

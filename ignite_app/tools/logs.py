@@ -83,7 +83,7 @@ def newest_checkpoint_state(run_dir: Path) -> dict[str, Any]:
 
 def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
-    from ignite_app.data.sources import load_splits
+    from ignite_app.data.select import load_splits  # issue 13: image folders too
 
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)

@@ -23,12 +23,14 @@ from ignite.handlers import Checkpoint, EarlyStopping, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from torch.utils.data import DataLoader, Dataset
 
-from ignite_app.config import Config
+from ignite_app.config import Config, augmentations
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
-from ignite_app.data.sources import DataSpec, Splits, load_splits
+from ignite_app.data.select import load_splits  # issue 13: image folders, then the other sources
+from ignite_app.data.sources import DataSpec, Splits
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
+from ignite_app.models.normalize import with_pixel_normalize
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
@@ -113,11 +115,11 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
-        raw_model = build_model(cfg.model, splits.spec).to(device)
+        raw_model = with_pixel_normalize(build_model(cfg.model, splits.spec), splits).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
-        train_loader = make_data_loader(cfg, splits.train, train_sampler, device)
+        train_loader = with_augmentation(cfg, make_data_loader(cfg, splits.train, train_sampler, device), train_sampler, device)
         val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
@@ -157,6 +159,16 @@ def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: 
     """The batches of ``data`` in ``sampler``'s order, as ``cfg`` asks (in memory or through a DataLoader)."""
     return make_loader(data, cfg.batch_size, sampler, in_memory=cfg.in_memory, num_workers=cfg.num_workers,
                        device=device, seed=cfg.seed)
+
+
+def with_augmentation(cfg: Config, loader: Loader, sampler: EpochSampler, device: torch.device) -> Loader:
+    """issue 13: the training batches augmented on ``device`` as ``--augment`` asks (unchanged when off)."""
+    names = augmentations(cfg.augment)
+    if not names:
+        return loader
+    from ignite_app.data.augment import Augment, AugmentedLoader
+
+    return AugmentedLoader(loader, sampler, cfg.batch_size, Augment(names, cfg.seed), device)  # type: ignore[return-value]
 
 
 def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: Dataset,
