@@ -25,7 +25,7 @@ def default_hint(key: str) -> str:
 TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the same keys as these options; flags override it."),
     click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + default_hint("device")),
-    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y), imagefolder:PATH or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
+    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y), npy:DIR (DIR/x.npy, DIR/y.npy, memory-mapped), imagefolder:PATH or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
     click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
     click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),

@@ -277,14 +277,15 @@ def _check_flag(key: str, value: Any, optional: bool) -> None:
 def _check_dataset(value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise UserError("invalid --dataset: expected a name such as digits")
-    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:", "imagefolder:")):
-        if value in ("csv:", "npz:", "imagefolder:"):
-            raise UserError(f"invalid --dataset {value!r}: give a path, e.g. {value}data/train.{value[:3]}")
+    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:", "imagefolder:", "npy:")):
+        if value in ("csv:", "npz:", "imagefolder:", "npy:"):
+            example = {"imagefolder:": "data/images", "npy:": "data/arrays"}.get(value, f"data/train.{value[:3]}")  # issue 13
+            raise UserError(f"invalid --dataset {value!r}: give a path, e.g. {value}{example}")
         return
     if not _is_import_path(value):
         raise UserError(
             f"invalid --dataset {value!r}: use digits, synthetic-regression, csv:PATH, npz:PATH, "
-            "imagefolder:PATH or package.module:NAME"
+            "npy:DIR, imagefolder:PATH or package.module:NAME"
         )
 
 
@@ -324,5 +325,5 @@ def _check_image_options(cfg: Config) -> None:
     unknown = [a for a in augmentations(cfg.augment) if a not in AUGMENTATIONS]
     if unknown:
         raise UserError(f"invalid --augment {cfg.augment!r}: use off, on, or a comma list of {', '.join(AUGMENTATIONS)}")
-    if cfg.augment != "off" and not cfg.dataset.startswith("imagefolder:"):
-        raise UserError(f"--augment applies to imagefolder: datasets, not {cfg.dataset!r}; drop --augment")
+    if cfg.augment != "off" and not cfg.dataset.startswith(("imagefolder:", "npy:")):
+        raise UserError(f"--augment applies to imagefolder: and npy: (uint8 images) datasets, not {cfg.dataset!r}; drop --augment")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ignite_app.config import Config
-from ignite_app.data.arrays import array_dataset, channel_stats, fits_in_memory
+from ignite_app.data.arrays import PixelSplits, array_dataset, channel_stats, fits_in_memory
 from ignite_app.data.images import (
     TRAIN, VAL, FolderScan, decode_image, first_image_size, is_gray, scan_folder, stratified_split,
 )
@@ -203,12 +203,10 @@ def file_crc32(path: Path) -> int:
 
 
 @dataclass(frozen=True)
-class ImageSplits(Splits):
-    """:class:`Splits` of uint8 images, with the training split's per-channel mean and std (pixels in [0, 1])."""
+class ImageSplits(PixelSplits):
+    """:class:`PixelSplits` of an image folder, with its class names."""
 
     classes: tuple[str, ...]
-    pixel_mean: torch.Tensor
-    pixel_std: torch.Tensor
 
 
 def load_image_splits(cfg: Config) -> Splits:
@@ -228,4 +226,4 @@ def load_image_splits(cfg: Config) -> Splits:
     val = array_dataset(cache.path, val_rows, labels[val_rows], fits)
     mean, std = channel_stats(train)
     spec = DataSpec("classification", tuple(cache.shape[1:]), len(scan.classes))
-    return ImageSplits(train, val, spec, scan.classes, mean, std)
+    return ImageSplits(train, val, spec, mean, std, scan.classes)

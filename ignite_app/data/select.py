@@ -14,10 +14,15 @@ from ignite_app.errors import UserError
 
 def load_splits(cfg: Config) -> Splits:
     """Build the train and validation data that ``cfg.dataset`` names."""
+    new_source = cfg.dataset.startswith(("imagefolder:", "npy:"))
+    if new_source and cfg.target is not None:
+        raise UserError(f"--target only applies to csv: datasets, not {cfg.dataset!r}; remove it")
     if cfg.dataset.startswith("imagefolder:"):
-        if cfg.target is not None:
-            raise UserError(f"--target only applies to csv: datasets, not {cfg.dataset!r}; remove it")
         from ignite_app.data.image_cache import load_image_splits
 
         return load_image_splits(cfg)
+    if cfg.dataset.startswith("npy:"):
+        from ignite_app.data.arrays import load_npy_splits
+
+        return load_npy_splits(cfg)
     return sources.load_splits(cfg)
