@@ -60,6 +60,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--cache-dir", help="imagefolder: folder of the decoded uint8 cache. [default: PATH/.ignite_app_cache]"),
     click.option("--strict/--no-strict", default=None, help="imagefolder: stop (exit 2) at an unreadable image instead of skipping it."),
     click.option("--augment", help="imagefolder: off, on (crop,flip) or a comma list of crop, flip, resized-crop; runs on the training device." + default_hint("augment")),
+    click.option("--input-key", help="package.module:NAME datasets of dict items: the input's key. [default: x, input, image, pixel_values, ...]"),
+    click.option("--target-key", help="package.module:NAME datasets of dict items: the target's key. [default: y, label, labels, target, ...]"),
     click.option("--memory-budget-mb", type=int, help="Array data larger than this is streamed from its file batch by batch. [default: a quarter of the available memory]"),
 ]
 

@@ -73,6 +73,8 @@ class Config:
     strict: bool = False
     augment: str = "off"
     memory_budget_mb: int | None = None
+    input_key: str | None = None
+    target_key: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -319,7 +321,8 @@ def _check_image_options(cfg: Config) -> None:
         _check_number("image-size", cfg.image_size, minimum=4)
     if cfg.memory_budget_mb is not None:
         _check_number("memory-budget-mb", cfg.memory_budget_mb, minimum=1)
-    _check_text("cache_dir", cfg.cache_dir, optional=True)
+    for name in ("cache_dir", "input_key", "target_key"):
+        _check_text(name, getattr(cfg, name), optional=True)
     _check_flag("strict", cfg.strict, optional=False)
     _check_text("augment", cfg.augment, optional=False)
     unknown = [a for a in augmentations(cfg.augment) if a not in AUGMENTATIONS]

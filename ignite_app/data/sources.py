@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ignite_app.config import Config
 from ignite_app.errors import UserError
+from ignite_app.data.items import pair_items
 from ignite_app.imports import import_object
 
 SPLIT_SEED = 0  # the train/validation split is fixed, whatever --seed says
@@ -85,7 +86,7 @@ def load_splits(cfg: Config) -> Splits:
     elif name.startswith("npz:"):
         x, y = _read_npz(Path(name[4:]))
     else:
-        return _user_splits(name, cfg.task)
+        return _user_splits(name, cfg.task, (cfg.input_key, cfg.target_key))
     return _array_splits(x, y, cfg.task, name)
 
 
@@ -244,7 +245,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def _user_splits(path: str, task: str) -> Splits:
+def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (None, None)) -> Splits:
     factory = import_object(path, "--dataset")
     datasets = []
     for train in (True, False):
@@ -252,6 +253,7 @@ def _user_splits(path: str, task: str) -> Splits:
             datasets.append(factory(train=train))
         except Exception as exc:
             raise UserError(f"--dataset {path}(train={train}) failed: {type(exc).__name__}: {exc}") from None
+    datasets = [pair_items(d, *keys, path) for d in datasets]  # issue 13: dict items by --input-key/--target-key
     train_ds, val_ds = (_as_array_dataset(d) for d in datasets)
     for label, ds in (("train", train_ds), ("validation", val_ds)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
