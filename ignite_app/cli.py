@@ -62,6 +62,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--augment", help="imagefolder: off, on (crop,flip) or a comma list of crop, flip, resized-crop; runs on the training device." + default_hint("augment")),
     click.option("--input-key", help="package.module:NAME datasets of dict items: the input's key. [default: x, input, image, pixel_values, ...]"),
     click.option("--target-key", help="package.module:NAME datasets of dict items: the target's key. [default: y, label, labels, target, ...]"),
+    click.option("--steps-per-epoch", type=int, help="Batches per epoch of an IterableDataset (package.module:NAME returning one)."),
     click.option("--memory-budget-mb", type=int, help="Array data larger than this is streamed from its file batch by batch. [default: a quarter of the available memory]"),
 ]
 

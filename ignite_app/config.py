@@ -28,7 +28,7 @@ BUILTIN_MODELS = ("auto", "mlp", "cnn")
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
-    "val_fraction", "image_size", "augment",  # issue 13
+    "val_fraction", "image_size", "augment", "steps_per_epoch",  # issue 13
 )
 
 
@@ -75,6 +75,7 @@ class Config:
     memory_budget_mb: int | None = None
     input_key: str | None = None
     target_key: str | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -216,7 +217,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
-    "val_fraction": float, "image_size": int, "memory_budget_mb": int,  # issue 13
+    "val_fraction": float, "image_size": int, "memory_budget_mb": int, "steps_per_epoch": int,  # issue 13
 }
 
 
@@ -319,8 +320,9 @@ def _check_image_options(cfg: Config) -> None:
         raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
     if cfg.image_size is not None:
         _check_number("image-size", cfg.image_size, minimum=4)
-    if cfg.memory_budget_mb is not None:
-        _check_number("memory-budget-mb", cfg.memory_budget_mb, minimum=1)
+    for name in ("memory_budget_mb", "steps_per_epoch"):
+        if getattr(cfg, name) is not None:
+            _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=1)
     for name in ("cache_dir", "input_key", "target_key"):
         _check_text(name, getattr(cfg, name), optional=True)
     _check_flag("strict", cfg.strict, optional=False)

@@ -41,12 +41,13 @@ def pair_items(data: Any, input_key: str | None, target_key: str | None, name: s
                             f"{type(first).__name__}; drop them")
         return data
     keys = list(first)
-    chosen = [_key(keys, given, defaults, flag, name) for given, defaults, flag in
+    chosen = [choose_key(keys, given, defaults, flag, name) for given, defaults, flag in
               ((input_key, INPUT_KEYS, "--input-key"), (target_key, TARGET_KEYS, "--target-key"))]
     return DictItems(data, chosen[0], chosen[1])
 
 
-def _key(keys: list[Any], given: str | None, defaults: tuple[str, ...], flag: str, name: str) -> str:
+def choose_key(keys: list[Any], given: str | None, defaults: tuple[str, ...], flag: str, name: str) -> str:
+    """``given`` if it is one of ``keys``, else (when not given) the first of ``defaults`` there; else one Error line."""
     if given is not None and given in keys:
         return given
     if given is None:

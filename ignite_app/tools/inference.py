@@ -116,9 +116,23 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     check_data_fits(splits.spec, trained.spec, cfg.dataset)
     data = splits.val if split == "val" else splits.train
     evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device)
+    seen = count_samples(evaluator)  # issue 13: a stream has no len()
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
-    return Evaluation(trained.path, cfg.dataset, split, len(data), metrics)
+    return Evaluation(trained.path, cfg.dataset, split, seen[0], metrics)
+
+
+def count_samples(engine: Any) -> list[int]:
+    """A one-item list that counts the samples ``engine`` has run through (updated every iteration)."""
+    from ignite.engine import Events
+
+    seen = [0]
+
+    def add(e: Any) -> None:
+        seen[0] += len(e.state.batch[1])
+
+    engine.add_event_handler(Events.ITERATION_COMPLETED, add)
+    return seen
 
 
 def format_evaluation(result: Evaluation) -> str:
