@@ -39,3 +39,10 @@ def wrap_for_weights(model: nn.Module, weights: Mapping[str, Any]) -> nn.Module:
         return model
     channels = int(torch.as_tensor(weights[MEAN_KEY]).numel())
     return PixelNormalize(model, torch.zeros(channels), torch.ones(channels))
+
+
+def model_name(model: nn.Module) -> str:
+    """The class name a user knows: the wrapped model's, marked when pixels are normalised in front of it."""
+    if isinstance(model, PixelNormalize):
+        return f"{type(model.model).__name__} (+ pixel normalisation)"
+    return type(model).__name__

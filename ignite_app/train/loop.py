@@ -9,6 +9,7 @@ from ignite.engine import Engine, Events
 
 from ignite_app.config import Config, save_yaml
 from ignite_app.data.streams import size_text
+from ignite_app.models.normalize import model_name
 from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_run, pick_device
@@ -142,7 +143,7 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     world = idist.get_world_size()
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
     echo(f"{spec.task} on {run.cfg.dataset}: {size_text(run.splits.train)} train / {size_text(run.splits.val)} val samples, "
-         f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+         f"model {model_name(run.to_save['model'])}, device {run.device}, {batch}, processes {world}")
     if resumed is not None and resumed.state:
         echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
     echo(f"writing to {run.run_dir}")
