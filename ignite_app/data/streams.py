@@ -73,6 +73,8 @@ def peek(data: Any, name: str) -> Any:
 def nominal_size(data: Any, steps_per_epoch: int | None, batch_size: int, train: bool) -> int:
     """``len(data)``; for a training :class:`Stream`, the samples of one epoch (``--steps-per-epoch`` batches)."""
     if not isinstance(data, Stream):
+        if train and steps_per_epoch is not None:
+            raise UserError("--steps-per-epoch applies to IterableDataset sources, whose length is unknown; drop it")
         return len(data)
     if not train:
         return 0  # validation reads the stream to its end

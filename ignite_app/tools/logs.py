@@ -85,6 +85,8 @@ def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
     from ignite_app.data.select import load_splits  # issue 13: image folders too
 
+    if cfg.steps_per_epoch is not None:  # issue 13: a stream's epoch; a stream has no len()
+        return cfg.steps_per_epoch
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)
     except UserError:  # the data moved or is gone: epochs stay unknown

@@ -106,3 +106,15 @@ def test_evaluate_reads_a_validation_stream_to_its_end(user_module, tmp_path):
     assert result.exit_code == 0, result.stderr
     evaluation = evaluate(tmp_path / "run", device="cpu")
     assert evaluation.samples == 30 and 0 <= evaluation.metrics["accuracy"] <= 1
+
+
+def test_steps_per_epoch_is_refused_for_sized_data(tmp_path):
+    result = invoke_app("train", "--steps-per-epoch", "3", "--output-dir", str(tmp_path / "run"))
+    assert_one_error_line(result.exit_code, result.stderr, result.output, "--steps-per-epoch applies to IterableDataset")
+
+
+def test_logs_of_a_stream_run_without_a_checkpoint_know_its_epoch_length(user_module):
+    from ignite_app.tools.logs import epoch_length_from_config
+
+    name = user_module(STREAMS)
+    assert epoch_length_from_config(Config(dataset=f"{name}:stateful", steps_per_epoch=7)) == 7
