@@ -5,7 +5,9 @@
           of padding, horizontal flip, normalise), DataLoader(num_workers=2, shuffle=True), the same CNN,
           Adam, zero_grad / forward / loss / backward / step;
   cache   ignite_app's pipeline for --dataset imagefolder:PATH --augment crop,flip (build_pipeline: the
-          decoded uint8 cache, the in-memory loader, crop+flip of whole batches on the training device).
+          decoded uint8 cache, the in-memory loader, crop+flip of whole batches on the training device);
+  tensors the same decoded images already in memory as float32 tensors (npz:, no augmentation): the
+          in-memory speed that the cache path is measured against.
 Training epochs only (no validation), interleaved and repeated, plus each input pipeline alone ("data only":
 every augmented batch of an epoch, no model); medians of wall time and of CPU time
 (user + sys, DataLoader workers included). The cache build is timed once against one plain epoch.
@@ -113,13 +115,14 @@ class PngDataset:
 class CachedFolder:
     """ignite_app's pipeline on the folder, as ``train`` builds it (without validation)."""
 
-    def __init__(self, root: Path, batch_size: int, device: str) -> None:
+    def __init__(self, root: Path | str, batch_size: int, device: str, augment: str = "crop,flip") -> None:
         import torch
 
         from ignite_app.config import Config
         from ignite_app.train.build import build_pipeline
 
-        cfg = Config(dataset=f"imagefolder:{root}", augment="crop,flip", batch_size=batch_size, device=device,
+        dataset = str(root) if str(root).startswith("npz:") else f"imagefolder:{root}"
+        cfg = Config(dataset=dataset, augment=augment, batch_size=batch_size, device=device,
                      epochs=10_000, patience=0, progress=False)
         self.pipe = build_pipeline(cfg, torch.device(device))
         self.epochs = 0
@@ -127,6 +130,19 @@ class CachedFolder:
     def epoch(self) -> None:
         self.epochs += 1  # Ignite continues a finished run when asked for more epochs
         self.pipe.trainer.run(self.pipe.train_loader, max_epochs=self.epochs, epoch_length=self.pipe.epoch_length)
+
+
+def as_npz(cached: CachedFolder, work: Path) -> Path:
+    """The decoded images as float32 in [0, 1] with their labels: the same data as tensors in memory (npz:)."""
+    import numpy as np
+
+    from ignite_app.data.image_cache import load_or_build
+    from ignite_app.data.images import scan_folder
+
+    cache = load_or_build(scan_folder(Path(cached.pipe.cfg.dataset.split(":", 1)[1])), None, None, False)
+    path = work / "tensors.npz"
+    np.savez(path, x=np.asarray(cache.array(), dtype=np.float32) / 255.0, y=cache.labels)
+    return path
 
 
 def drain(loader) -> None:
@@ -162,17 +178,20 @@ def run(args: argparse.Namespace, work: Path) -> None:
     build_wall, build_cpu = timed(lambda: built.append(CachedFolder(root, args.batch_size, args.device)))
     cached = built[0]
     train_samples = len(cached.pipe.splits.train)
-    plain.epoch(), cached.epoch()  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {"plain": [], "cache": [], "plain data only": [], "cache data only": []}
+    tensors = CachedFolder(f"npz:{as_npz(cached, work)}", args.batch_size, args.device, augment="off")
+    plain.epoch(), cached.epoch(), tensors.epoch()  # warm-up
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "cache": [], "tensors": [], "plain data only": [],
+                                                   "cache data only": []}
     first_plain = timed(plain.epoch)
     times["plain"].append(first_plain)
     for i in range(args.epochs):
         times["cache"].append(timed(cached.epoch))
+        times["tensors"].append(timed(tensors.epoch))
         if i + 1 < args.epochs:
             times["plain"].append(timed(plain.epoch))
         times["plain data only"].append(timed(lambda: drain(plain.loader)))
         times["cache data only"].append(timed(lambda: drain(cached.pipe.train_loader)))
-    samples = {"plain": args.images, "cache": train_samples, "plain data only": args.images, "cache data only": train_samples}
+    samples = {"plain": args.images, "cache": train_samples, "tensors": len(tensors.pipe.splits.train), "plain data only": args.images, "cache data only": train_samples}
     print(f"# {args.images} 32x32 RGB PNGs, {args.classes} classes, default CNN, batch {args.batch_size}, "
           f"crop+flip, device {args.device}, {args.threads} torch thread(s); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared with other jobs)")
@@ -184,6 +203,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     speedup = (samples["cache"] / statistics.median(w for w, _ in times["cache"])) / (
         samples["plain"] / statistics.median(w for w, _ in times["plain"]))
     print(f"cache vs plain, samples/s: {speedup:.2f}x")
+    rate = {name: samples[name] / statistics.median(w for w, _ in runs) for name, runs in times.items()}
+    print(f"cache (uint8 + augmentation) vs tensors in memory, samples/s: {rate['cache'] / rate['tensors']:.2f}x")
     print(f"cache build (decode {args.images} PNGs, pipeline build included): {build_wall:.2f} s wall, {build_cpu:.2f} s CPU"
           f" = {build_wall / statistics.median(w for w, _ in times['plain']):.2f}x one plain epoch (wall)")
 
