@@ -30,7 +30,7 @@ def default_hint(key: str) -> str:
 TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the same keys as these options; flags override it."),
     click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + default_hint("device")),
-    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
+    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y), npy:DIR (DIR/x.npy, DIR/y.npy, memory-mapped), imagefolder:PATH or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
     click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
     click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),
@@ -67,6 +67,16 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--requeue-signal", type=click.Choice(REQUEUE_SIGNALS),
                  help="On this signal save at the next iteration and exit; under SLURM (sbatch --signal=USR1@90 --requeue) "
                       "also requeue the job. Pair it with --resume auto."),
+    # issue 13: image folders, augmentation on the device, data larger than memory
+    click.option("--val-fraction", type=float, help="Validation share when the data has no val/ split (stratified, fixed seed)." + default_hint("val_fraction")),
+    click.option("--image-size", type=int, help="imagefolder: resize the shorter side to N and center-crop to NxN. [default: the first image's shorter side]"),
+    click.option("--cache-dir", help="imagefolder: folder of the decoded uint8 cache. [default: PATH/.ignite_app_cache]"),
+    click.option("--strict/--no-strict", default=None, help="imagefolder: stop (exit 2) at an unreadable image instead of skipping it."),
+    click.option("--augment", help="imagefolder: off, on (crop,flip) or a comma list of crop, flip, resized-crop; runs on the training device." + default_hint("augment")),
+    click.option("--input-key", help="package.module:NAME datasets of dict items: the input's key. [default: x, input, image, pixel_values, ...]"),
+    click.option("--target-key", help="package.module:NAME datasets of dict items: the target's key. [default: y, label, labels, target, ...]"),
+    click.option("--steps-per-epoch", type=int, help="Batches per epoch of an IterableDataset (package.module:NAME returning one)."),
+    click.option("--memory-budget-mb", type=int, help="Array data larger than this is streamed from its file batch by batch. [default: a quarter of the available memory]"),
 ]
 
 
@@ -307,7 +317,7 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 @main.command("predict")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="CSV or NPZ (array x) of inputs. A CSV holds the training feature columns in training order, "
+              help="CSV or NPZ (array x) of inputs, or for an image model an image file or a folder of them (sorted by path). A CSV holds the training feature columns in training order, "
                    "with or without a header; if it has one column more, that extra target column is dropped "
                    "(--target, else the run's --target, else the last column).")
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),

@@ -30,6 +30,7 @@ REQUEUE_SIGNALS = ("USR1", "USR2")  # issue 17: the warning a SLURM job asks for
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
+    "val_fraction", "image_size", "augment", "steps_per_epoch",  # issue 13
 )
 
 
@@ -72,6 +73,16 @@ class Config:
     mlflow_uri: str | None = None
     # issue 17: preemption (SLURM requeue)
     requeue_signal: str | None = None
+    # issue 13: image folders, augmentation on the device, data larger than memory
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    cache_dir: str | None = None
+    strict: bool = False
+    augment: str = "off"
+    memory_budget_mb: int | None = None
+    input_key: str | None = None
+    target_key: str | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -108,6 +119,7 @@ class Config:
         _check_trackers(self)  # issue 14
         if self.requeue_signal is not None:  # issue 17
             _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
+        _check_image_options(self)  # issue 13
 
     @property
     def is_user_model(self) -> bool:
@@ -222,6 +234,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "val_fraction": float, "image_size": int, "memory_budget_mb": int, "steps_per_epoch": int,  # issue 13
 }
 
 
@@ -300,14 +313,15 @@ def _check_flag(key: str, value: Any, optional: bool) -> None:
 def _check_dataset(value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise UserError("invalid --dataset: expected a name such as digits")
-    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:")):
-        if value in ("csv:", "npz:"):
-            raise UserError(f"invalid --dataset {_short(value)}: give a path, e.g. {value}data/train.{value[:3]}")
+    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:", "imagefolder:", "npy:")):
+        if value in ("csv:", "npz:", "imagefolder:", "npy:"):
+            example = {"imagefolder:": "data/images", "npy:": "data/arrays"}.get(value, f"data/train.{value[:3]}")  # issue 13
+            raise UserError(f"invalid --dataset {_short(value)}: give a path, e.g. {value}{example}")
         return
     if not _is_import_path(value):
         raise UserError(
-            f"invalid --dataset {_short(value)}: use digits, synthetic-regression, csv:PATH, npz:PATH "
-            "or package.module:NAME"
+            f"invalid --dataset {_short(value)}: use digits, synthetic-regression, csv:PATH, npz:PATH, "
+            "npy:DIR, imagefolder:PATH or package.module:NAME"
         )
 
 
@@ -341,3 +355,36 @@ def _short(value: Any) -> str:
     from ignite_app.io.safefile import short
 
     return short(value)
+
+
+AUGMENTATIONS = ("crop", "flip", "resized-crop")
+
+
+def augmentations(value: str) -> tuple[str, ...]:
+    """The augmentations ``--augment`` names: ``off``, ``on`` (crop and flip) or a comma list of AUGMENTATIONS."""
+    if value == "off":
+        return ()
+    if value == "on":
+        return ("crop", "flip")
+    return tuple(part.strip() for part in value.split(","))
+
+
+def _check_image_options(cfg: Config) -> None:
+    """issue 13: --val-fraction, --image-size, --augment, --cache-dir, --strict, --memory-budget-mb."""
+    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool)
+    if not ok or not 0 < cfg.val_fraction < 1:
+        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    if cfg.image_size is not None:
+        _check_number("image-size", cfg.image_size, minimum=4)
+    for name in ("memory_budget_mb", "steps_per_epoch"):
+        if getattr(cfg, name) is not None:
+            _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=1)
+    for name in ("cache_dir", "input_key", "target_key"):
+        _check_text(name, getattr(cfg, name), optional=True)
+    _check_flag("strict", cfg.strict, optional=False)
+    _check_text("augment", cfg.augment, optional=False)
+    unknown = [a for a in augmentations(cfg.augment) if a not in AUGMENTATIONS]
+    if unknown:
+        raise UserError(f"invalid --augment {cfg.augment!r}: use off, on, or a comma list of {', '.join(AUGMENTATIONS)}")
+    if cfg.augment != "off" and not cfg.dataset.startswith(("imagefolder:", "npy:")):
+        raise UserError(f"--augment applies to imagefolder: and npy: (uint8 images) datasets, not {cfg.dataset!r}; drop --augment")

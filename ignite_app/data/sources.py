@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from ignite_app.config import Config
 from ignite_app.errors import UserError
+from ignite_app.data.items import pair_items
+from ignite_app.data.streams import Stream
 from ignite_app.imports import import_object
 from ignite_app.io.safefile import require_utf8
 
@@ -86,7 +88,7 @@ def load_splits(cfg: Config) -> Splits:
     elif name.startswith("npz:"):
         x, y = _read_npz(Path(name[4:]))
     else:
-        return _user_splits(name, cfg.task)
+        return _user_splits(name, cfg.task, (cfg.input_key, cfg.target_key))
     return _array_splits(x, y, cfg.task, name)
 
 
@@ -248,7 +250,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def _user_splits(path: str, task: str) -> Splits:
+def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (None, None)) -> Splits:
     factory = import_object(path, "--dataset")
     datasets = []
     for train in (True, False):
@@ -256,6 +258,9 @@ def _user_splits(path: str, task: str) -> Splits:
             datasets.append(factory(train=train))
         except Exception as exc:
             raise UserError(f"--dataset {path}(train={train}) failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(datasets[0], IterableDataset):  # issue 13
+        return _stream_splits(datasets, path, task, keys)
+    datasets = [pair_items(d, *keys, path) for d in datasets]  # issue 13: dict items by --input-key/--target-key
     train_ds, val_ds = (_as_array_dataset(d) for d in datasets)
     for label, ds in (("train", train_ds), ("validation", val_ds)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
@@ -263,6 +268,20 @@ def _user_splits(path: str, task: str) -> Splits:
     x0, y0 = _first_sample(train_ds, path)
     spec = _user_spec(train_ds, torch.as_tensor(x0), torch.as_tensor(y0), task, path, val_ds)
     return Splits(train_ds, val_ds, spec)
+
+
+def _stream_splits(datasets: list[Any], path: str, task: str, keys: tuple[str | None, str | None]) -> Splits:
+    """issue 13: IterableDatasets as :class:`~ignite_app.data.streams.Stream` splits; classes from ``num_classes``."""
+    train, val = (Stream(d, *keys, path) for d in datasets)
+    x0, y0 = (torch.as_tensor(v) for v in train.pair(train.first))
+    integer_target = y0.ndim == 0 and not torch.is_floating_point(y0)
+    if task == "classification" or (task == "auto" and integer_target):
+        classes = getattr(datasets[0], "num_classes", None)
+        if not integer_target or not isinstance(classes, int) or classes < 2:
+            raise UserError(f"--dataset {path}: a classification IterableDataset needs integer labels and a "
+                            "num_classes attribute (>= 2), since a stream cannot be counted")
+        return Splits(train, val, DataSpec("classification", tuple(x0.shape), classes))
+    return Splits(train, val, DataSpec("regression", tuple(x0.shape), 1 if y0.ndim == 0 else int(y0.numel())))
 
 
 def _as_array_dataset(ds: Any) -> Any:

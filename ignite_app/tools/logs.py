@@ -86,9 +86,11 @@ def newest_checkpoint_state(run_dir: Path) -> dict[str, Any]:
 
 def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
-    from ignite_app.data.sources import load_splits
+    from ignite_app.data.select import load_splits  # issue 13: image folders too
 
-    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:")):
+    if cfg.steps_per_epoch is not None:  # issue 13: a stream's epoch; a stream has no len()
+        return cfg.steps_per_epoch
+    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:", "npy:")):
         return None  # never import code that a run directory names just to count its batches
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)

@@ -9,7 +9,9 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
 from ignite_app.config import Config, save_yaml
+from ignite_app.data.streams import size_text
 from ignite_app.errors import EXIT_OK
+from ignite_app.models.normalize import model_name
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
@@ -159,8 +161,8 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     spec = run.splits.spec
     world = idist.get_world_size()
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
-    echo(f"{spec.task} on {run.cfg.dataset}: {len(run.splits.train)} train / {len(run.splits.val)} val samples, "
-         f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+    echo(f"{spec.task} on {run.cfg.dataset}: {size_text(run.splits.train)} train / {size_text(run.splits.val)} val samples, "
+         f"model {model_name(run.to_save['model'])}, device {run.device}, {batch}, processes {world}")
     if resumed is not None and resumed.state:
         echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
     echo(f"writing to {run.run_dir}")
