@@ -330,6 +330,19 @@ def _check_model(value: Any) -> None:
         raise UserError(f"invalid --model {_short(value)}: use mlp, cnn or package.module:ClassName")
 
 
+DATA_PREFIXES = ("csv:", "npz:", "npy:", "imagefolder:")  # --dataset values that name files, not code
+
+
+def names_code(value: str) -> bool:
+    """Whether a --model or --dataset value names code to import (``package.module:NAME``), not a file or a built-in.
+
+    The built-in models (``ignite_app.models:NAME``) are part of this package, not someone else's code.
+    """
+    if value.startswith(DATA_PREFIXES) or value.startswith("ignite_app.models:"):
+        return False
+    return _is_import_path(value)
+
+
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
 
