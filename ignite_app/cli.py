@@ -11,8 +11,8 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
-    default_of, default_output_dir, load_yaml, parse_duration,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, NA_POLICIES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config,
+    build_config, default_of, default_output_dir, file_dataset, load_yaml, parse_duration,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -54,6 +54,13 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 11: tabular data
+    click.option("--val-fraction", type=float, help="Share of the rows held out for validation (stratified by class, fixed seed)." + default_hint("val_fraction")),
+    click.option("--val-dataset", help="Validate on this file (csv:PATH, npz:PATH or a .csv/.npz path) instead of a share of --dataset."),
+    click.option("--test-dataset", help="Also report the best model's metrics on this file (csv:PATH, npz:PATH or a path) at the end."),
+    click.option("--standardize/--no-standardize", default=None, help="Standardise numeric features and regression targets with training statistics. [default: on]"),
+    click.option("--na", type=click.Choice(NA_POLICIES), help="Missing cells: impute (training median, most frequent word), drop the rows, or error." + default_hint("na")),
+    click.option("--encoding", help="Text encoding of CSV files. [default: UTF-8 (with or without BOM), else Latin-1]"),
 ]
 
 
@@ -248,11 +255,12 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--dataset", help="Evaluate on this dataset instead of the run's (same forms as train --dataset).")
 @click.option("--target", help="CSV target column of --dataset, by name or index. [default: last column]")
-@click.option("--split", type=click.Choice(("val", "train")), default="val", show_default=True,
-              help="Which part of the fixed 80/20 split.")
+@click.option("--split", type=click.Choice(("train", "val", "test", "all")),
+              help="train or val (the run's fixed split), test (its --test-dataset) or all rows. [default: val; all with --dataset]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str | None, device: str,
+                     as_json: bool) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -268,7 +276,8 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
-        result = evaluate(checkpoint, dataset, target, split, device)
+        split_ = split or ("all" if dataset else "val")
+        result = evaluate(checkpoint, file_dataset(dataset) if dataset else None, target, split_, device)
         click.echo(json.dumps(result.metrics) if as_json else format_evaluation(result))
         return 0
 

@@ -23,11 +23,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
+NA_POLICIES = ("impute", "drop", "error")  # issue 11: missing cells in tabular data
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
+    "val_fraction", "val_dataset", "standardize", "na", "encoding",  # issue 11: they change the data
 )
 
 
@@ -65,6 +67,14 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 11: tabular data (splits, preprocessing, reading files, batch size for small data)
+    val_fraction: float = 0.2
+    val_dataset: str | None = None
+    test_dataset: str | None = None
+    standardize: bool = True
+    na: str = "impute"
+    encoding: str | None = None
+    auto_batch: bool = False  # the command line sets it when --batch-size is not given
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -98,6 +108,7 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_tabular(self)
 
     @property
     def is_user_model(self) -> bool:
@@ -138,6 +149,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
         )
     if isinstance(merged.get("time_limit"), str):
         merged["time_limit"] = parse_duration(merged["time_limit"])
+    _tabular_defaults(merged, {key.replace("-", "_") for key in flag_values})
     if isinstance(merged.get("target"), int) and not isinstance(merged["target"], bool):
         merged["target"] = str(merged["target"])  # YAML reads `target: 0` as a number: a column index
     for key, kind in _NUMERIC_KEYS.items():
@@ -205,6 +217,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "val_fraction": float,
 }
 
 
@@ -235,6 +248,45 @@ def _check_cuda_graph(cfg: Config) -> None:
     for flag, bad, fix in conflicts:
         if bad:
             raise UserError(f"--cuda-graph does not work with {flag}: {fix}, or drop --cuda-graph")
+
+
+def _tabular_defaults(merged: dict[str, Any], flags: set[str]) -> None:
+    """A batch size picked for small data unless one was given; --val-dataset/--test-dataset may be bare file paths."""
+    if "batch_size" in flags:
+        merged["auto_batch"] = False
+    merged.setdefault("auto_batch", "batch_size" not in merged)
+    for key in ("val_dataset", "test_dataset"):
+        if isinstance(merged.get(key), str):
+            merged[key] = file_dataset(merged[key])
+
+
+def file_dataset(value: str) -> str:
+    """``data.csv``, ``data.csv.gz`` or ``data.npz`` as ``csv:data.csv`` ...; anything else unchanged."""
+    lower = value.lower()
+    if lower.endswith((".csv", ".csv.gz", ".tsv")) and not value.startswith("csv:"):
+        return "csv:" + value
+    if lower.endswith(".npz") and not value.startswith("npz:"):
+        return "npz:" + value
+    return value
+
+
+def _check_tabular(cfg: Config) -> None:
+    """The options of tabular data (issue 11)."""
+    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool) and 0 < cfg.val_fraction < 1
+    if not ok:
+        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    for key in ("val_dataset", "test_dataset"):
+        value = getattr(cfg, key)
+        _check_text(key, value, optional=True)
+        if value is not None and not value.startswith(("csv:", "npz:")):
+            raise UserError(f"invalid {_flag(key)} {value!r}: give a file as csv:PATH or npz:PATH")
+        if value is not None and not (cfg.dataset.startswith(("csv:", "npz:")) or cfg.dataset in BUILTIN_DATASETS):
+            raise UserError(f"{_flag(key)} works with csv:, npz: and built-in datasets, not {cfg.dataset!r}; "
+                            "return the split from your dataset factory instead")
+    _check_choice("na", cfg.na, NA_POLICIES)
+    _check_text("encoding", cfg.encoding, optional=True)
+    for key in ("standardize", "auto_batch"):
+        _check_flag(key, getattr(cfg, key), optional=False)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
