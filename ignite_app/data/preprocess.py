@@ -450,6 +450,12 @@ def fit(rows: RawRows, task: str, classes: list[str], *, kind: str, standardize:
     )
 
 
+def labels_only(sample_shape: list[int], classes: list[str]) -> Preprocessor:
+    """For the user's own datasets: inputs as they are, class labels mapped to 0..K-1 with their names."""
+    return Preprocessor(task="classification", kind="array", sample_shape=sample_shape, numeric_names=[],
+                        shift=torch.zeros(()), scale=torch.ones(()), fill=torch.tensor(float("nan")), classes=classes)
+
+
 def _column_statistics(x: np.ndarray, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per column: mean, standard deviation (1 where constant) and median of the present values."""
     width = x.shape[1]

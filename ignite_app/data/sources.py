@@ -16,8 +16,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ignite_app.config import Config
 from ignite_app.data.preprocess import (
-    Preprocessor, RawRows, class_names, feature_rows, fit, handle_missing, infer_task, label_codes, rows_from_arrays,
-    rows_from_table,
+    Preprocessor, RawRows, class_names, feature_rows, fit, handle_missing, infer_task, label_codes, label_name,
+    labels_only, rows_from_arrays, rows_from_table,
 )
 from ignite_app.data.splits import SPLIT_SEED, stratified_split
 from ignite_app.data.tabular import read_table
@@ -235,8 +235,67 @@ def _user_splits(path: str, task: str) -> Splits:
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
             raise UserError(f"--dataset {path} returned an empty or unsized {label} dataset; return a map-style Dataset")
     x0, y0 = _first_sample(train_ds, path)
+    mapped = _mapped_labels(train_ds, val_ds, torch.as_tensor(x0), y0, task, path)
+    if mapped is not None:
+        return mapped
     spec = _user_spec(train_ds, torch.as_tensor(x0), torch.as_tensor(y0), task, path)
     return Splits(train_ds, val_ds, spec)
+
+
+def _mapped_labels(train_ds: Any, val_ds: Any, x0: torch.Tensor, y0: Any, task: str, path: str) -> Splits | None:
+    """Class labels other than the integers 0..K-1 (words, 0./1./2., -1/+1, 1..K) mapped to 0..K-1, their names kept.
+
+    None when the labels need nothing (0..K-1 integers, a ``num_classes`` attribute, regression targets).
+    """
+    words = isinstance(y0, str)
+    if not words and (not isinstance(y0, (int, float, np.number, torch.Tensor)) or np.ndim(y0) != 0):
+        return None
+    integer = not words and not torch.is_floating_point(torch.as_tensor(y0))
+    if (task == "regression" and not words) or (integer and getattr(train_ds, "num_classes", None)):
+        return None
+    values = np.concatenate([_all_labels(train_ds), _all_labels(val_ds)])
+    name = f"--dataset {path}"
+    if integer and task == "auto":
+        task = "classification"  # whole-number labels from a factory always meant classes
+    if infer_task(values, task, name) != "classification":
+        return None
+    classes = class_names(values, name)
+    if integer and classes == [str(k) for k in range(len(classes))]:
+        return None  # already 0..K-1
+    index = {c: k for k, c in enumerate(classes)}
+    train, val = (_relabelled(ds, index, name) for ds in (train_ds, val_ds))
+    spec = DataSpec("classification", tuple(x0.shape), len(classes))
+    return Splits(train, val, spec, preprocess=labels_only(list(x0.shape), classes))
+
+
+def _all_labels(ds: Any) -> np.ndarray:
+    """Every label of a dataset (words as an object array)."""
+    if isinstance(ds, ArrayDataset):
+        return ds.y.numpy()
+    labels = [ds[i][1] for i in range(len(ds))]
+    if any(isinstance(v, str) for v in labels):
+        return np.array([str(v) for v in labels], dtype=object)
+    return np.array([float(v) for v in labels])
+
+
+def _relabelled(ds: Any, index: dict[str, int], name: str) -> Any:
+    if isinstance(ds, ArrayDataset):
+        return ArrayDataset(ds.x, torch.as_tensor(label_codes(ds.y.numpy(), list(index), name)))
+    return RelabelledDataset(ds, index)
+
+
+class RelabelledDataset(Dataset):
+    """The user's dataset with each label replaced by its class index."""
+
+    def __init__(self, dataset: Any, index: dict[str, int]) -> None:
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        x, y = self.dataset[i]
+        return x, torch.tensor(self.index[label_name(y if isinstance(y, str) else float(y))])
 
 
 def _as_array_dataset(ds: Any) -> Any:

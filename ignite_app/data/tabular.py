@@ -166,12 +166,13 @@ def _has_header(frame: pd.DataFrame) -> bool:
         return False
     rest = frame.iloc[1:]
     for c, name in zip(frame.columns, first):
+        if name in MISSING:
+            continue  # an empty name (a saved index) says nothing either way
         below = [v for v in rest[c] if not _is_missing(v)]
-        if name not in MISSING and below and all(_is_number(v) for v in below):
+        if below and all(_is_number(v) for v in below):
             return True
-        if name not in MISSING and name not in {v.strip() for v in below}:
-            continue
-        return False
+        if name in {v.strip() for v in below}:
+            return False
     return True
 
 

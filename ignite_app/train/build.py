@@ -27,7 +27,7 @@ from ignite_app.config import Config
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
 from ignite_app.data.preprocess import Preprocessor
 from ignite_app.data.sources import DataSpec, Splits, load_splits
-from ignite_app.data.splits import MIN_BATCHES, small_data_batch
+from ignite_app.data.splits import small_data_batch
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
@@ -143,14 +143,10 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
 
 
 def fit_to_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
-    """A smaller batch for small data (unless --batch-size was given), and the notes the run prints first."""
+    """A smaller batch for small data (unless --batch-size was given), and the notes the run prints after its first line."""
     notes = list(splits.notes)
     if cfg.auto_batch:
-        batch = small_data_batch(len(splits.train), cfg.batch_size, idist.get_world_size())
-        if batch != cfg.batch_size:
-            notes.append(f"batch {batch} instead of {cfg.batch_size}: {len(splits.train)} training rows would give fewer "
-                         f"than {MIN_BATCHES} batches per epoch (--batch-size sets it)")
-            cfg = cfg.replace(batch_size=batch)
+        cfg = cfg.replace(batch_size=small_data_batch(len(splits.train), cfg.batch_size, idist.get_world_size()))
     if cfg.patience > 0 and len(splits.val) < FEW_VAL_ROWS:
         notes.append(f"warning: early stopping watches only {len(splits.val)} validation rows, a noisy signal; "
                      "raise --val-fraction, give --val-dataset, or pass --patience 0")

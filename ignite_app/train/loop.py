@@ -7,7 +7,8 @@ import sys
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
-from ignite_app.config import Config, save_yaml
+from ignite_app.config import Config, default_of, save_yaml
+from ignite_app.data.splits import MIN_BATCHES
 from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_evaluation, build_run, pick_device
@@ -140,6 +141,8 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     spec = run.splits.spec
     world = idist.get_world_size()
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
+    if run.cfg.auto_batch and run.cfg.batch_size != default_of("batch_size"):  # picked for small data
+        batch += f" (not {default_of('batch_size')}: too few training rows for {MIN_BATCHES} batches per epoch; --batch-size sets it)"
     data = f"{run.splits.preprocess.describe()}, " if run.splits.preprocess is not None else ""
     test = f" / {len(run.splits.test)} test" if run.splits.test is not None else ""
     echo(f"{spec.task} on {run.cfg.dataset}: {data}{len(run.splits.train)} train / {len(run.splits.val)} val{test} samples, "
