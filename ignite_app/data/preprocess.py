@@ -136,10 +136,19 @@ class Preprocessor:
             pre = cls(**values)
         except TypeError as exc:
             raise ValueError(f"malformed preprocessing state ({exc})") from None
-        for name in ("shift", "scale", "fill", "target_shift", "target_scale"):
-            if not isinstance(getattr(pre, name), torch.Tensor):
-                raise ValueError(f"malformed preprocessing state ({name} is not a tensor)")
+        pre.check_types()
         return pre
+
+    def check_types(self) -> None:
+        """Raise ValueError unless every field has its type (a checkpoint is untrusted input)."""
+        words = ("numeric_names", "text_names", "text_fill", "classes", "target_names", "columns", "steps")
+        ok = all(isinstance(getattr(self, n), torch.Tensor) for n in ("shift", "scale", "fill", "target_shift", "target_scale"))
+        ok = ok and all(isinstance(getattr(self, n), list) and all(isinstance(w, str) for w in getattr(self, n)) for n in words)
+        ok = ok and all(isinstance(c, list) and all(isinstance(w, str) for w in c) for c in self.categories)
+        ok = ok and all(isinstance(d, int) for d in self.sample_shape) and len(self.categories) == len(self.text_names)
+        ok = ok and self.task in ("classification", "regression") and self.kind in ("table", "array")
+        if not ok:
+            raise ValueError("malformed preprocessing state")
 
     def same_as(self, other: Preprocessor) -> bool:
         """Equal in every field (tensors exactly)."""

@@ -53,11 +53,6 @@ def exported_module(trained: Trained) -> Any:
     return trained.model if trained.preprocess is None else trained.preprocess.wrap(trained.model).eval()
 
 
-def raw_input_shape(trained: Trained) -> tuple[int, ...]:
-    """One raw sample as an exported model takes it."""
-    return trained.spec.input_shape
-
-
 def torchscript_bytes(trained: Trained) -> bytes:
     """The model compiled by ``torch.jit.script`` (control flow kept, unlike tracing)."""
     import torch
@@ -76,7 +71,7 @@ def onnx_bytes(trained: Trained) -> bytes:
     """The model as ONNX (opset 17) with a dynamic batch dimension: ``input`` -> ``output``."""
     import torch
 
-    example = torch.zeros(2, *raw_input_shape(trained))
+    example = torch.zeros(2, *trained.spec.input_shape)  # raw rows: the preprocessing is inside
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), native_stdout_silenced():

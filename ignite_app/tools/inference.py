@@ -165,6 +165,9 @@ def read_inputs(path: Path, trained: Trained, target: str | None) -> torch.Tenso
         if target is None and trained.cfg.dataset.startswith("csv:"):
             target = trained.cfg.target
         return pre.inputs(feature_rows(table, pre, target, where), where)
+    if pre is not None and pre.text_names:
+        raise UserError(f"--input {path}: the model was trained on text columns ({', '.join(pre.text_names)}); "
+                        "give a CSV file with the training columns")
     features = math.prod(trained.spec.input_shape) if pre is None else math.prod(pre.sample_shape)
     x = _npz_features(path, features) if suffix == ".npz" else _csv_features(path, trained, target, features)
     if len(x) == 0:
