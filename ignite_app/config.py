@@ -263,7 +263,7 @@ def _tabular_defaults(merged: dict[str, Any], flags: set[str]) -> None:
 def file_dataset(value: str) -> str:
     """``data.csv``, ``data.csv.gz`` or ``data.npz`` as ``csv:data.csv`` ...; anything else unchanged."""
     lower = value.lower()
-    if lower.endswith((".csv", ".csv.gz", ".tsv")) and not value.startswith("csv:"):
+    if lower.endswith((".csv", ".csv.gz")) and not value.startswith("csv:"):
         return "csv:" + value
     if lower.endswith(".npz") and not value.startswith("npz:"):
         return "npz:" + value

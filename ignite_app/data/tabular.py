@@ -12,11 +12,14 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ignite_app.errors import UserError
+
+if TYPE_CHECKING:  # pandas is imported when a file is read: ~0.5 s that runs on built-in data never pay
+    import pandas as pd
 
 # pandas' own list of missing-value markers, and the "?" of many public datasets.
 MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
@@ -97,6 +100,8 @@ def read_table(path: Path, source: str, encoding: str | None = None) -> Table:
 
 def _read_cells(path: Path, source: str, encoding: str | None) -> tuple[pd.DataFrame, list[str]]:
     """Every cell as text (NaN only where a row is short), in the first encoding that decodes the file."""
+    import pandas as pd
+
     if not path.is_file():
         raise UserError(f"CSV file {str(path)!r} does not exist; check the path after {source}")
     if encoding is not None:
@@ -201,6 +206,8 @@ def _check_row_lengths(body: pd.DataFrame, path: Path, header: bool) -> None:
 
 def _parse_column(name: str, cells: pd.Series, path: Path, header: bool, index: int) -> Column:
     """Numbers when at least half of the present cells are numbers (any other cell is then an error), else text."""
+    import pandas as pd
+
     text = cells.str.strip()
     missing = text.isin(MISSING).to_numpy()
     numbers = pd.to_numeric(text.str.replace(SPACES, "", regex=True).where(~missing), errors="coerce").to_numpy(dtype=np.float64)

@@ -177,6 +177,8 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
 
 def report_test(run: Run, echo: Echo) -> None:
     """The run's last line: the best model's metrics on --test-dataset."""
+    if in_process_group():
+        idist.barrier()  # rank 0 has finished writing the best model (close_run) before any process reads it
     best = ckpt.best_checkpoint(run.run_dir)
     if best is None:
         return
