@@ -27,6 +27,7 @@ MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN
 SPACES = re.compile(r"[\s\u00a0\u202f]+")  # "1 234.5", with plain, no-break or thin spaces
 BOMS = ("\ufeff", "ï»¿")  # a UTF-8 byte order mark, read as UTF-8 or as Latin-1
 INDEX_NAMES = ("", "Unnamed: 0")
+HEADER_EVIDENCE_ROWS = 1000  # rows looked at to decide whether the first one is a header
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Table:
 def read_table(path: Path, source: str, encoding: str | None = None) -> Table:
     """Read a CSV (or .csv.gz) file; ``source`` names the option in errors (``csv:``, ``--input``)."""
     frame, notes = _read_cells(Path(path), source, encoding)
-    frame = frame[~frame.apply(lambda row: all(_blank(v) for v in row), axis=1)].reset_index(drop=True)
+    frame = frame[~_blank_rows(frame)].reset_index(drop=True)
     if frame.empty:
         raise UserError(f"CSV file {str(path)!r} is empty; it needs rows of numbers")
     header = _has_header(frame)
@@ -139,8 +140,13 @@ def _parser_problem(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:200]
 
 
-def _blank(value: object) -> bool:
-    return not isinstance(value, str) or not value.strip()
+def _blank_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose cells are all empty or whitespace."""
+    blank = np.ones(len(frame), dtype=bool)
+    for c in frame.columns:
+        cells = frame[c]
+        blank &= (cells.isna() | cells.str.strip().eq("")).to_numpy()
+    return blank
 
 
 def _is_number(value: object) -> bool:
@@ -169,7 +175,7 @@ def _has_header(frame: pd.DataFrame) -> bool:
         return True
     if any(_is_number(v) for v in first):
         return False
-    rest = frame.iloc[1:]
+    rest = frame.iloc[1:HEADER_EVIDENCE_ROWS]
     for c, name in zip(frame.columns, first):
         if name in MISSING:
             continue  # an empty name (a saved index) says nothing either way
@@ -210,8 +216,12 @@ def _parse_column(name: str, cells: pd.Series, path: Path, header: bool, index: 
 
     text = cells.str.strip()
     missing = text.isin(MISSING).to_numpy()
-    numbers = pd.to_numeric(text.str.replace(SPACES, "", regex=True).where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+    numbers = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64, copy=True)
     bad = np.isnan(numbers) & ~missing
+    if bad.any():  # "12 345": only the cells that did not parse pay for the regular expression
+        spaced = pd.to_numeric(text[bad].str.replace(SPACES, "", regex=True), errors="coerce").to_numpy(dtype=np.float64)
+        numbers[bad] = spaced
+        bad = np.isnan(numbers) & ~missing
     present = int((~missing).sum())
     if present and bad.sum() * 2 > present:
         return Column(name, text=np.array([None if m else v for v, m in zip(text.tolist(), missing)], dtype=object))
