@@ -365,3 +365,18 @@ def test_a_factory_with_word_or_shifted_labels_gets_classes_with_names(user_modu
         assert labels == set(range(len(classes)))
     with pytest.raises(UserError, match="the target holds words, not numbers; use --task classification"):
         load_splits(Config(dataset=f"{name}:words", task="regression"))
+
+
+def test_a_checkpoint_from_before_stored_preprocessing_is_not_resumed_on_a_csv(tmp_path):
+    import hashlib
+
+    path = write_survey(tmp_path / "s.csv", n=100)
+    assert invoke_app("train", "--no-progress", "--dataset", f"csv:{path}", "--epochs", "1",
+                      "--output-dir", str(tmp_path / "run")).exit_code == 0
+    [old] = ckpt.train_checkpoints(tmp_path / "run")
+    state = torch.load(old, weights_only=True)
+    del state["preprocess"]  # as every checkpoint written before this change
+    torch.save(state, old)
+    old.with_name(old.name + ".sha256").write_text(f"{hashlib.sha256(old.read_bytes()).hexdigest()}  {old.name}\n")
+    result = invoke_app("train", "--no-progress", "--resume", str(tmp_path / "run"), "--epochs", "2")
+    assert_one_error_line(result.exit_code, result.stderr, result.output, "written before preprocessing was stored")
