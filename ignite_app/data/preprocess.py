@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ignite_app.config import NA_POLICIES
 from ignite_app.data.tabular import Table, target_columns
 from ignite_app.errors import UserError
 
-__all__ = ["NA_POLICIES", "Preprocessor", "RawRows", "fit"]
 MAX_CLASSES = 1000
 MAX_CATEGORIES = 100  # more distinct words than this in a text column: an identifier or free text, not a category
 STATE_VERSION = 1
@@ -233,8 +231,10 @@ class Preprocessor:
 
 
 def _plain_copy(value: Any) -> Any:
-    return [list(v) for v in value] if isinstance(value, list) and value and isinstance(value[0], list) else \
-        (list(value) if isinstance(value, list) else value)
+    """Lists (and lists of lists) copied, so that a saved state never shares them with the live object."""
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
 
 
 def _shortlist(names: list[str], most: int = 10) -> str:
