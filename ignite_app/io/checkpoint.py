@@ -120,10 +120,12 @@ def make_train_checkpoint(to_save: Mapping[str, Any], saver: AtomicSaver, n_save
     )
 
 
-def make_best_checkpoint(model: nn.Module, meta: Any, saver: AtomicSaver, global_step: Any) -> Checkpoint:
-    """The model with the lowest validation loss so far (one file)."""
+def make_best_checkpoint(model: nn.Module, meta: Any, saver: AtomicSaver, global_step: Any,
+                         preprocess: Any = None) -> Checkpoint:
+    """The model with the lowest validation loss so far (one file), with the preprocessing its inputs need."""
+    objects = {"model": model, "meta": meta} | ({"preprocess": preprocess} if preprocess is not None else {})
     return Checkpoint(
-        {"model": model, "meta": meta}, saver, n_saved=1, filename_pattern=BEST_PATTERN,
+        objects, saver, n_saved=1, filename_pattern=BEST_PATTERN,
         score_function=lambda engine: -float(engine.state.metrics["loss"]), score_name="neg_val_loss",
         global_step_transform=global_step,
     )

@@ -25,8 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ignite_app.config import Config, augmentations
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
+from ignite_app.data.preprocess import Preprocessor
 from ignite_app.data.select import load_splits  # issue 13: image folders, then the other sources
 from ignite_app.data.sources import DataSpec, Splits
+from ignite_app.data.splits import small_data_batch
 from ignite_app.data.streams import Stream, nominal_size
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
@@ -44,6 +46,7 @@ from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
+FEW_VAL_ROWS = 30  # early stopping on fewer validation rows than this gets a warning
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Pipeline:
     val_loader: Loader
     train_sampler: EpochSampler
     epoch_length: int
+    notes: list[str] = field(default_factory=list)  # issue 11: what the data and the batch size decided
 
     @property
     def is_writer(self) -> bool:
@@ -119,6 +123,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
+        cfg, notes = fit_to_data(cfg, splits)
         raw_model = with_pixel_normalize(build_model(cfg.model, splits.spec), splits).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -134,12 +139,32 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
                             graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
-    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
+    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                                to_units=target_units(splits.preprocess, device))
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, train_sampler, cfg.batch_size))
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
                     val_loader=val_loader, train_sampler=train_sampler,
-                    epoch_length=epoch_length(train_sampler, cfg.batch_size))
+                    epoch_length=epoch_length(train_sampler, cfg.batch_size), notes=notes)
+
+
+def fit_to_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
+    """A smaller batch for small data (unless --batch-size was given), and the notes the run prints after its first line."""
+    notes = list(splits.notes)
+    if cfg.auto_batch:
+        cfg = cfg.replace(batch_size=small_data_batch(len(splits.train), cfg.batch_size, idist.get_world_size()))
+    if cfg.patience > 0 and len(splits.val) < FEW_VAL_ROWS:
+        notes.append(f"warning: early stopping watches only {len(splits.val)} validation rows, a noisy signal; "
+                     "raise --val-fraction, give --val-dataset, or pass --patience 0")
+    return cfg, notes
+
+
+def target_units(preprocess: Preprocessor | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Standardised regression values back in the targets' own units (for the MAE), or None."""
+    if preprocess is None or preprocess.task != "regression":
+        return None
+    shift, scale = preprocess.target_shift.to(device), preprocess.target_scale.to(device)
+    return lambda values: values * scale + shift
 
 
 def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
@@ -179,11 +204,12 @@ def with_augmentation(cfg: Config, loader: Loader, sampler: EpochSampler, device
 
 
 def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: Dataset,
-                     device: torch.device) -> tuple[Engine, Loader]:
+                     device: torch.device, preprocess: Preprocessor | None = None) -> tuple[Engine, Loader]:
     """An evaluator with the task's metrics and a loader over all of ``data`` in order (``evaluate``)."""
     size = nominal_size(data, None, cfg.batch_size, train=False)  # issue 13: a stream is read to its end
     loader = make_data_loader(cfg, data, EpochSampler(size, cfg.seed, shuffle=False, pad=False), device)
-    return build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last), loader
+    return build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                           to_units=target_units(preprocess, device)), loader
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -247,13 +273,15 @@ def attach_checkpointers(run: Run) -> None:
                  "input_shape": list(spec.input_shape), "world_size": idist.get_world_size(),
                  "batch_size": run.cfg.batch_size})
     run.best_checkpoint = ckpt.make_best_checkpoint(
-        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED))
+        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
+        preprocess=run.splits.preprocess)
     run.evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
                 "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None,
-                "data_stream": stream_state(run.splits.train, run.cfg)}  # issue 13: where a resumable stream is
+                "data_stream": stream_state(run.splits.train, run.cfg),  # issue 13: where a resumable stream is
+                "preprocess": run.splits.preprocess}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)

@@ -35,13 +35,16 @@ def loss_for(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
-def metrics_for(task: str, device: torch.device) -> dict[str, Metric]:
-    """Validation metrics: loss and accuracy, or loss and MAE."""
+def metrics_for(task: str, device: torch.device,
+                to_units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Metric]:
+    """Validation metrics: loss and accuracy, or loss and MAE (in the targets' own units, through ``to_units``)."""
     metrics: dict[str, Metric] = {"loss": Loss(loss_for(task), device=device)}
     if task == "classification":
         metrics["accuracy"] = Accuracy(device=device)
-    else:
+    elif to_units is None:
         metrics["mae"] = MeanAbsoluteError(device=device)
+    else:
+        metrics["mae"] = MeanAbsoluteError(output_transform=lambda out: (to_units(out[0]), to_units(out[1])), device=device)
     return metrics
 
 
@@ -196,9 +199,10 @@ def build_evaluator(
     *,
     amp: str = "off",
     channels_last: bool = False,
+    to_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Engine:
     """The ``no_grad`` evaluation engine with the task's metrics attached."""
     return create_supervised_evaluator(
-        ModeSwitch(model), metrics=metrics_for(task, device), device=device, non_blocking=device.type == "cuda",
+        ModeSwitch(model), metrics=metrics_for(task, device, to_units), device=device, non_blocking=device.type == "cuda",
         prepare_batch=make_prepare_batch(task, channels_last), model_fn=make_model_fn(device, amp),
     )
