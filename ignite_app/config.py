@@ -318,3 +318,8 @@ def _short(value: Any) -> str:
     from ignite_app.io.safefile import short
 
     return short(value)
+
+
+def is_import_path(value: str) -> bool:
+    """Whether a --model/--dataset value names code as ``package.module:NAME`` (not csv:PATH or npz:PATH)."""
+    return isinstance(value, str) and not value.startswith(("csv:", "npz:")) and _is_import_path(value)

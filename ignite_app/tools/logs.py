@@ -88,7 +88,9 @@ def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
     from ignite_app.data.sources import load_splits
 
-    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:")):
+    from ignite_app.config import is_import_path
+
+    if is_import_path(cfg.dataset):
         return None  # never import code that a run directory names just to count its batches
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)
