@@ -180,7 +180,7 @@ def read_csv_table(path: Path, source: str) -> tuple[list[str] | None, np.ndarra
     if not path.is_file():
         raise UserError(f"CSV file {str(path)!r} does not exist; check the path after {source}")
     require_utf8(path, "CSV file")  # issue 15: one line, not a UnicodeDecodeError, for another encoding
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM is not part of the first cell
         rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise UserError(f"CSV file {str(path)!r} is empty; it needs rows of numbers")

@@ -105,3 +105,12 @@ def test_a_read_only_file_system_is_one_line_everywhere(read_only):
         result = invoke_app(*args)
         line = assert_one_error_line(result.exit_code, result.stderr, result.output, match)
         assert "Read-only file system" in line, line
+
+
+def test_a_bom_in_a_numeric_csv_is_not_a_header(tmp_path):
+    from ignite_app.data.sources import read_csv_table
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,2,0\n3,4,1\n")
+    header, values = read_csv_table(path, "csv:")
+    assert header is None and values.tolist() == [[1, 2, 0], [3, 4, 1]]
