@@ -12,7 +12,7 @@ import click
 from ignite_app import __version__
 from ignite_app.config import (
     AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
-    default_of, default_output_dir, load_yaml, parse_duration,
+    default_of, default_output_dir, load_yaml, parse_duration, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -28,7 +28,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
     click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
-    click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),
+    click.option("--model", help="mlp, cnn, or package.module:NAME (a class or a function returning an nn.Module; arguments via --model-arg). [default: cnn for images, else mlp]"),
     click.option("--epochs", type=int, help="Maximum number of epochs." + default_hint("epochs")),
     click.option("--batch-size", type=int, help="Batch size per process (global batch = this x processes)." + default_hint("batch_size")),
     click.option("--lr", type=float, help="Learning rate." + default_hint("lr")),
@@ -54,6 +54,9 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 12: model arguments, metrics and the monitor
+    click.option("--model-arg", "model_arg", multiple=True, metavar="NAME=VALUE",
+                 help="An argument of --model (repeatable); VALUE is read as YAML: 128, 0.1, true, [64,32], resnet18."),
 ]
 
 
@@ -111,12 +114,18 @@ def main() -> None:
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
     """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
     flags["compile"] = compile_
+    model_arg = flags.pop("model_arg")
     explicit = {k: v for k, v in flags.items() if v is not None}
-    code = guarded(lambda: _train(config_file, explicit))
+    code = guarded(lambda: _train(config_file, {**explicit, **model_arg_flags(model_arg)}))
     sys.exit(code)
 
 
 main.add_command(train_command)
+
+
+def model_arg_flags(texts: tuple[str, ...]) -> dict[str, Any]:
+    """``{"model_args": {...}}`` for the --model-arg flags given, else nothing."""
+    return {"model_args": parse_model_args(texts)} if texts else {}
 
 
 def guarded(action: Callable[[], int]) -> int:
@@ -337,7 +346,9 @@ def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: fl
         from ignite_app.train.lrfind import lr_find
 
         _quiet_ignite()
+        model_arg = flags.pop("model_arg")
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        values.update(model_arg_flags(model_arg))
         file_values = load_yaml(config_file) if config_file else {}
         if values.get("resume") or file_values.get("resume"):
             raise UserError("lr-find always starts from fresh weights; drop --resume")

@@ -29,6 +29,7 @@ RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
 )
+RESUME_FIXED_KEYS += ("model_args",)  # issue 12
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,11 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 12: models with arguments, metrics and the monitor
+    model_args: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
         _check_choice("task", self.task, TASKS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
@@ -112,6 +116,7 @@ class Config:
         """The keys saved in ``config.yaml``: everything but the one-off ``resume`` path."""
         data = dataclasses.asdict(self)
         data.pop("resume")
+        data["model_args"] = model_args_dict(self.model_args)  # a mapping in config.yaml
         return data
 
 
@@ -130,7 +135,8 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
     merged: dict[str, Any] = {}
     for source in (file_values, flag_values):
         for key, value in source.items():
-            merged[key.replace("-", "_")] = value
+            key = key.replace("-", "_")
+            merged[key] = merge_model_args(merged.get(key), value) if key == "model_args" else value
     unknown = sorted(set(merged) - set(config_keys()))
     if unknown:
         raise UserError(
@@ -157,7 +163,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        refuse_yaml_aliases(text, f"config file {str(path)!r}")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"config file {str(path)!r} is not valid YAML ({first}); fix the file") from None
@@ -285,3 +293,83 @@ def _check_model(value: Any) -> None:
 
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
+
+
+# issue 12: model arguments (``--model-arg key=value`` and ``model_args:``), kept as immutable (key, value) pairs.
+
+MODEL_ARG_KEY = re.compile(r"^[A-Za-z_]\w*$")
+MAX_MODEL_ARG_CHARS = 10_000
+
+
+def refuse_yaml_aliases(text: str, what: str) -> None:
+    """Refuse YAML anchors and aliases: they let a few bytes expand into unbounded memory."""
+    import yaml
+
+    if "*" not in text and "&" not in text:
+        return
+    try:
+        events = list(yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return  # safe_load reports the syntax error itself
+    if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events):
+        raise UserError(f"{what} uses YAML anchors or aliases (&name, *name); write the values out in full")
+
+
+def parse_model_args(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--model-arg key=value`` flags as a dict; each value is read as a YAML scalar or list."""
+    import yaml
+
+    args: dict[str, Any] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not MODEL_ARG_KEY.match(key):
+            raise UserError(f"invalid --model-arg {text!r}: write it as name=value, e.g. --model-arg hidden=[128,64]")
+        if len(raw) > MAX_MODEL_ARG_CHARS:
+            raise UserError(f"invalid --model-arg {key}: the value is longer than {MAX_MODEL_ARG_CHARS} characters")
+        refuse_yaml_aliases(raw, f"--model-arg {key}")
+        try:
+            args[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            args[key] = raw  # not YAML (e.g. an unbalanced bracket): keep the text as it is
+    return args
+
+
+def merge_model_args(earlier: Any, later: Any) -> Any:
+    """Model arguments from a later source (flags) override an earlier one's (the file) key by key."""
+    if earlier is None or later is None:
+        return later if later is not None else earlier
+    return {**model_args_dict(freeze_model_args(earlier)), **model_args_dict(freeze_model_args(later))}
+
+
+def freeze_model_args(value: Any) -> tuple[tuple[str, Any], ...]:
+    """Model arguments as sorted (name, value) pairs with lists made tuples; refuses what YAML scalars cannot say."""
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise UserError(f"invalid model_args {value!r}: expected a mapping of argument names to values")
+    for key, _ in pairs:
+        if not isinstance(key, str) or not MODEL_ARG_KEY.match(key):
+            raise UserError(f"invalid model_args name {key!r}: expected a Python identifier")
+    return tuple(sorted(((key, _freeze_value(key, v)) for key, v in pairs), key=lambda pair: pair[0]))
+
+
+def model_args_dict(args: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Frozen model arguments as a plain dict of YAML values (tuples become lists)."""
+    return {key: _thaw_value(value) for key, value in args}
+
+
+def _freeze_value(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_value(key, v) for v in value)
+    raise UserError(f"invalid model argument {key}={value!r}: use a number, string, true/false, null or a list of them")
+
+
+def _thaw_value(value: Any) -> Any:
+    return [_thaw_value(v) for v in value] if isinstance(value, tuple) else value

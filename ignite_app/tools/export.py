@@ -41,7 +41,10 @@ def safetensors_bytes(trained: Trained) -> bytes:
 def export_metadata(trained: Trained) -> dict[str, str]:
     """What a reader needs to rebuild the model: the --model value, the task and the shapes."""
     spec = trained.spec
-    return {"format": "pt", "model": trained.cfg.model, "task": spec.task, "input_shape": json.dumps(list(spec.input_shape)),
+    from ignite_app.config import model_args_dict
+
+    return {"format": "pt", "model": trained.cfg.model, "model_args": json.dumps(model_args_dict(trained.cfg.model_args)),
+            "task": spec.task, "input_shape": json.dumps(list(spec.input_shape)),
             "num_outputs": str(spec.num_outputs), "checkpoint": trained.path.name}
 
 

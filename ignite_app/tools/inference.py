@@ -54,7 +54,7 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
     if not isinstance(weights, Mapping):
         raise ckpt.CheckpointError(f"{path}: holds no model weights; pass a checkpoint_*.pt or best_model_*.pt of an ignite-app run")
     spec = model_spec(state.get("meta"), cfg)
-    model = build_model(cfg.model, spec)
+    model = build_model(cfg.model, spec, dict(cfg.model_args))
     ckpt.check_model_state(model, weights, path)
     model.load_state_dict(weights)
     target = resolve_device(device)

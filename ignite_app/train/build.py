@@ -113,7 +113,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
-        raw_model = build_model(cfg.model, splits.spec).to(device)
+        raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args)).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
