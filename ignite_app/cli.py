@@ -11,7 +11,7 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
     default_of, default_output_dir, load_yaml, parse_duration, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
@@ -36,7 +36,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--weight-decay", type=float, help="Weight decay." + default_hint("weight_decay")),
     click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning-rate schedule over the run." + default_hint("lr_schedule")),
     click.option("--seed", type=int, help="Seed for initialisation, shuffling and dropout." + default_hint("seed")),
-    click.option("--patience", type=int, help="Early stopping: epochs without val-loss improvement; 0 turns it off." + default_hint("patience")),
+    click.option("--patience", type=int, help="Early stopping: epochs without improvement of --monitor; 0 turns it off." + default_hint("patience")),
     click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
     click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
@@ -57,6 +57,12 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     # issue 12: model arguments, metrics and the monitor
     click.option("--model-arg", "model_arg", multiple=True, metavar="NAME=VALUE",
                  help="An argument of --model (repeatable); VALUE is read as YAML: 128, 0.1, true, [64,32], resnet18."),
+    click.option("--metrics", help="Validation metrics, comma-separated: accuracy, precision, recall, f1 (macro), topK (e.g. top5), "
+                                   "auroc (2 classes), confusion_matrix; mae, mse, rmse, r2. [default: accuracy, or mae]"),
+    click.option("--monitor", help="The validation metric that drives early stopping, the best checkpoint and plateau, "
+                                   "as val/NAME." + default_hint("monitor")),
+    click.option("--mode", type=click.Choice(MONITOR_MODES), help="Whether the monitor is better lower or higher. "
+                                                                   "[default: max for scores, min for loss and errors]"),
 ]
 
 
@@ -278,7 +284,7 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 
         _quiet_ignite()
         result = evaluate(checkpoint, dataset, target, split, device)
-        click.echo(json.dumps(result.metrics) if as_json else format_evaluation(result))
+        click.echo(json.dumps({**result.metrics, **result.tables}) if as_json else format_evaluation(result))
         return 0
 
     sys.exit(guarded(action))

@@ -29,7 +29,7 @@ RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
 )
-RESUME_FIXED_KEYS += ("model_args",)  # issue 12
+RESUME_FIXED_KEYS += ("model_args", "monitor", "mode")  # issue 12
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,14 @@ class Config:
     resume: str | None = None
     # issue 12: models with arguments, metrics and the monitor
     model_args: tuple[tuple[str, Any], ...] = ()
+    metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
+    monitor: str = "val/loss"
+    mode: str | None = None  # None: max for scores (accuracy, f1, ...), min for losses and errors
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
+        object.__setattr__(self, "metrics", parse_metric_names(self.metrics))
+        _check_monitor(self)
         _check_choice("task", self.task, TASKS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
@@ -117,7 +122,13 @@ class Config:
         data = dataclasses.asdict(self)
         data.pop("resume")
         data["model_args"] = model_args_dict(self.model_args)  # a mapping in config.yaml
+        data["metrics"] = list(self.metrics)
         return data
+
+    @property
+    def monitor_mode(self) -> str:
+        """``--mode``, else ``max`` for scores and ``min`` for losses and errors."""
+        return self.mode or metric_direction(self.monitor.partition("/")[2])
 
 
 def config_keys() -> tuple[str, ...]:
@@ -373,3 +384,55 @@ def _freeze_value(key: str, value: Any) -> Any:
 
 def _thaw_value(value: Any) -> Any:
     return [_thaw_value(v) for v in value] if isinstance(value, tuple) else value
+
+
+# issue 12: metrics and the monitor. Names only here (no torch); train/metrics.py builds Ignite's metrics.
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "topK", "auroc", "confusion_matrix")
+REGRESSION_METRICS = ("mae", "mse", "rmse", "r2")
+MINIMIZED_METRICS = ("loss", "mae", "mse", "rmse")
+MONITOR_MODES = ("min", "max")
+_TOP_K = re.compile(r"^top([1-9]\d?)$")
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether ``name`` is a metric that --metrics knows (``top5`` stands for any ``topK``)."""
+    return name in CLASSIFICATION_METRICS + REGRESSION_METRICS or _TOP_K.match(name) is not None
+
+
+def top_k(name: str) -> int | None:
+    """K of a ``topK`` metric name, else None."""
+    match = _TOP_K.match(name)
+    return int(match.group(1)) if match else None
+
+
+def metric_direction(name: str) -> str:
+    """``min`` for the loss and errors, ``max`` for scores."""
+    return "min" if name in MINIMIZED_METRICS else "max"
+
+
+def parse_metric_names(value: Any) -> tuple[str, ...]:
+    """``--metrics accuracy,f1`` (or a YAML list) as a tuple of known names, in order, without repeats."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"invalid --metrics {value!r}: expected names separated by commas, e.g. accuracy,f1")
+    names = [n.strip().lower() for n in names if n.strip()]
+    for name in names:
+        if name == "loss":
+            raise UserError("--metrics: loss is always computed; leave it out")
+        if not is_metric_name(name):
+            known = ", ".join(CLASSIFICATION_METRICS + REGRESSION_METRICS).replace("topK", "topK (e.g. top5)")
+            raise UserError(f"invalid --metrics name {name!r}: choose from {known}")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_monitor(cfg: Config) -> None:
+    if cfg.mode is not None:
+        _check_choice("mode", cfg.mode, MONITOR_MODES)
+    split, _, name = str(cfg.monitor).partition("/")
+    if not isinstance(cfg.monitor, str) or split != "val" or not (name == "loss" or is_metric_name(name)):
+        raise UserError(f"invalid --monitor {cfg.monitor!r}: use val/loss or val/NAME for a name in --metrics, e.g. val/accuracy")
+    if name == "confusion_matrix":
+        raise UserError("invalid --monitor val/confusion_matrix: a table is not a score; monitor val/accuracy or val/f1")

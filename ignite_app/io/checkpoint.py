@@ -113,11 +113,16 @@ def make_train_checkpoint(to_save: Mapping[str, Any], saver: AtomicSaver, n_save
     )
 
 
-def make_best_checkpoint(model: nn.Module, meta: Any, saver: AtomicSaver, global_step: Any) -> Checkpoint:
-    """The model with the lowest validation loss so far (one file)."""
+def make_best_checkpoint(model: nn.Module, meta: Any, saver: AtomicSaver, global_step: Any,
+                         score_function: Callable[[Any], float] | None = None,
+                         score_name: str = "neg_val_loss") -> Checkpoint:
+    """The model with the best score so far (one file); by default the lowest validation loss.
+
+    The score is higher-is-better; the checkpointer keeps it as each file's priority in its state.
+    """
     return Checkpoint(
         {"model": model, "meta": meta}, saver, n_saved=1, filename_pattern=BEST_PATTERN,
-        score_function=lambda engine: -float(engine.state.metrics["loss"]), score_name="neg_val_loss",
+        score_function=score_function or (lambda engine: -float(engine.state.metrics["loss"])), score_name=score_name,
         global_step_transform=global_step,
     )
 

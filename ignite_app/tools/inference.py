@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -100,6 +100,7 @@ class Evaluation:
     split: str
     samples: int
     metrics: dict[str, float]
+    tables: dict[str, list[list[int]]] = field(default_factory=dict)  # issue 12: the confusion matrix
 
 
 def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = None, split: str = "val",
@@ -115,7 +116,8 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device)
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
-    return Evaluation(trained.path, cfg.dataset, split, len(data), metrics)
+    tables = {name: value.to(torch.int64).tolist() for name, value in getattr(evaluator.state, "tables", {}).items()}
+    return Evaluation(trained.path, cfg.dataset, split, len(data), metrics, tables)
 
 
 def format_evaluation(result: Evaluation) -> str:
@@ -124,6 +126,10 @@ def format_evaluation(result: Evaluation) -> str:
     lines = [f"{result.path} on {result.dataset}, {result.split} split ({result.samples} samples)",
              f"{'metric'.ljust(width)}  value"]
     lines += [f"{name.ljust(width)}  {value:.4f}" for name, value in result.metrics.items()]
+    for name, rows in result.tables.items():
+        from ignite_app.train.metrics import format_table
+
+        lines += ["", f"{name} (rows: true class, columns: predicted)", format_table(torch.tensor(rows))]
     return "\n".join(lines)
 
 

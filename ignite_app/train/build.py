@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
+from ignite.metrics import Metric
 from ignite.handlers import Checkpoint, EarlyStopping, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from torch.utils.data import DataLoader, Dataset
@@ -32,6 +33,7 @@ from ignite_app.models import build_model, check_model_fits
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
+from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
 from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
@@ -80,6 +82,8 @@ class Run(Pipeline):
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
+    # issue 12: the metric that decides
+    monitor: Monitor | None = None
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -121,6 +125,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
         val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
+        metrics = validation_metrics(cfg, splits.spec, device)
         if cfg.clip_grad_norm is not None:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
@@ -128,7 +133,8 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
                             graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
-    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
+    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                                metrics=metrics)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, train_sampler, cfg.batch_size))
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
@@ -163,7 +169,16 @@ def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: 
                      device: torch.device) -> tuple[Engine, Loader]:
     """An evaluator with the task's metrics and a loader over all of ``data`` in order (``evaluate``)."""
     loader = make_data_loader(cfg, data, EpochSampler(len(data), cfg.seed, shuffle=False, pad=False), device)
-    return build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last), loader
+    evaluator = build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                                metrics=validation_metrics(cfg, spec, device))
+    return evaluator, loader
+
+
+def validation_metrics(cfg: Config, spec: DataSpec, device: torch.device) -> dict[str, Metric]:
+    """The loss and ``--metrics`` (or the task's default) as Ignite metrics; the monitored one must be among them."""
+    metrics = metrics_for(spec.task, device, cfg.metrics, spec.num_outputs if spec.task == "classification" else None)
+    check_monitor(cfg.monitor, list(metrics))
+    return metrics
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -211,8 +226,10 @@ def attach_training_handlers(run: Run, echo: Echo) -> None:
 
         attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
+    run.monitor = Monitor(cfg.monitor, cfg.mode)
+    run.monitor.attach(trainer, evaluator)
     if cfg.patience > 0:
-        run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience)
+        run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience, run.monitor.score)
     if run.is_writer:
         attach_epoch_summary(trainer, evaluator, echo)
 
@@ -228,16 +245,23 @@ def attach_checkpointers(run: Run) -> None:
     meta = Meta({"model_class": type(run.raw_model).__name__, "task": spec.task, "num_outputs": spec.num_outputs,
                  "input_shape": list(spec.input_shape), "world_size": idist.get_world_size(),
                  "batch_size": run.cfg.batch_size})
+    monitor = run.monitor or Monitor(run.cfg.monitor, run.cfg.mode)
     run.best_checkpoint = ckpt.make_best_checkpoint(
-        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED))
+        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
+        score_function=monitor.score, score_name=score_name(monitor))
     run.evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
-                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None}
+                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None, "monitor": run.monitor}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)
+
+
+def score_name(monitor: Monitor) -> str:
+    """The best checkpoint's score name: ``neg_val_loss`` for the default monitor, as before."""
+    return ("neg_" if monitor.mode == "min" else "") + monitor.monitor.replace("/", "_")
 
 
 def average_train_loss(engine: Engine) -> None:

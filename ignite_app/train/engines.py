@@ -15,7 +15,7 @@ clipping sees true gradients. ``--cuda-graph`` records Ignite's ``supervised_tra
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from ignite.engine import (
@@ -24,25 +24,12 @@ from ignite.engine import (
     create_supervised_trainer,
     supervised_training_step,
 )
-from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
+from ignite.metrics import Metric
 from torch import nn
 
+from ignite_app.train.metrics import attach_tables, loss_for, metrics_for
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def loss_for(task: str) -> nn.Module:
-    """CrossEntropyLoss for classification, MSELoss for regression."""
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-
-
-def metrics_for(task: str, device: torch.device) -> dict[str, Metric]:
-    """Validation metrics: loss and accuracy, or loss and MAE."""
-    metrics: dict[str, Metric] = {"loss": Loss(loss_for(task), device=device)}
-    if task == "classification":
-        metrics["accuracy"] = Accuracy(device=device)
-    else:
-        metrics["mae"] = MeanAbsoluteError(device=device)
-    return metrics
 
 
 def make_prepare_batch(task: str, channels_last: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
@@ -196,9 +183,13 @@ def build_evaluator(
     *,
     amp: str = "off",
     channels_last: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
 ) -> Engine:
-    """The ``no_grad`` evaluation engine with the task's metrics attached."""
-    return create_supervised_evaluator(
-        ModeSwitch(model), metrics=metrics_for(task, device), device=device, non_blocking=device.type == "cuda",
-        prepare_batch=make_prepare_batch(task, channels_last), model_fn=make_model_fn(device, amp),
+    """The ``no_grad`` evaluation engine with ``metrics`` (default: the task's loss and accuracy or MAE) attached."""
+    evaluator = create_supervised_evaluator(
+        ModeSwitch(model), metrics=dict(metrics or metrics_for(task, device)), device=device,
+        non_blocking=device.type == "cuda", prepare_batch=make_prepare_batch(task, channels_last),
+        model_fn=make_model_fn(device, amp),
     )
+    attach_tables(evaluator)  # after the metrics: a confusion matrix leaves state.metrics for state.tables
+    return evaluator

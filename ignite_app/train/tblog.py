@@ -89,6 +89,7 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     shutil.rmtree(folder, ignore_errors=True)
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
     values["model_args"] = str(values["model_args"])  # issue 12: HParams takes scalars only
+    values["metrics"] = ",".join(values["metrics"])
     tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
 
 
