@@ -29,7 +29,8 @@ RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
 )
-RESUME_FIXED_KEYS += ("model_args", "monitor", "mode")  # issue 12
+RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps")  # issue 12
+LR_SCHEDULES += ("onecycle", "plateau")  # issue 12
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ class Config:
     metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
     monitor: str = "val/loss"
     mode: str | None = None  # None: max for scores (accuracy, f1, ...), min for losses and errors
+    warmup_epochs: int = 0
+    warmup_steps: int = 0
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
         object.__setattr__(self, "metrics", parse_metric_names(self.metrics))
         _check_monitor(self)
+        _check_schedule(self)
         _check_choice("task", self.task, TASKS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
@@ -224,6 +230,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,  # issue 12
 }
 
 
@@ -436,3 +443,13 @@ def _check_monitor(cfg: Config) -> None:
         raise UserError(f"invalid --monitor {cfg.monitor!r}: use val/loss or val/NAME for a name in --metrics, e.g. val/accuracy")
     if name == "confusion_matrix":
         raise UserError("invalid --monitor val/confusion_matrix: a table is not a score; monitor val/accuracy or val/f1")
+
+
+def _check_schedule(cfg: Config) -> None:
+    for name in ("warmup_epochs", "warmup_steps", "plateau_patience"):
+        _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=0)
+    if cfg.warmup_epochs and cfg.warmup_steps:
+        raise UserError("--warmup-epochs and --warmup-steps both given: keep one")
+    ok = isinstance(cfg.plateau_factor, (int, float)) and not isinstance(cfg.plateau_factor, bool)
+    if not ok or not 0 < cfg.plateau_factor < 1:
+        raise UserError(f"invalid --plateau-factor {cfg.plateau_factor!r}: expected a number between 0 and 1")

@@ -34,6 +34,7 @@ from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
 from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
+from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
@@ -84,6 +85,7 @@ class Run(Pipeline):
     tb_logger: TensorboardLogger | None = None
     # issue 12: the metric that decides
     monitor: Monitor | None = None
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -217,16 +219,15 @@ def attach_training_handlers(run: Run, echo: Echo) -> None:
     cfg, trainer, evaluator = run.cfg, run.trainer, run.evaluator
     attach_loss_tracker(trainer, run.tracker)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, average_train_loss)
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(run.optimizer, T_max=cfg.epochs * run.epoch_length)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: scheduler.step())
-        run.scheduler = scheduler
+    run.monitor = Monitor(cfg.monitor, cfg.mode)
+    schedule = make_schedule(cfg, run.optimizer, run.epoch_length, run.monitor.mode)
+    attach_schedule(schedule, trainer, evaluator, run.monitor, warmup_steps(cfg, run.epoch_length))
+    run.scheduler, run.plateau = schedule.per_step, schedule.plateau
     if run.is_writer and progress_wanted(cfg):
         from ignite_app.train.tblog import attach_progress_bar
 
         attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
-    run.monitor = Monitor(cfg.monitor, cfg.mode)
     run.monitor.attach(trainer, evaluator)
     if cfg.patience > 0:
         run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience, run.monitor.score)
@@ -253,7 +254,8 @@ def attach_checkpointers(run: Run) -> None:
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
-                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None, "monitor": run.monitor}
+                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None, "monitor": run.monitor,
+                "plateau": run.plateau}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)

@@ -14,10 +14,16 @@ from sklearn import metrics as skm
 from conftest import FAST, assert_one_error_line, invoke_app, read_scalars
 from ignite_app.config import Config
 from ignite_app.errors import UserError
+from ignite_app.io.checkpoint import train_checkpoints
 from ignite_app.train.metrics import Monitor, attach_tables, format_table, metrics_for
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("torch_threads")
+
+
+def newest_checkpoint(run_dir):
+    """The newest resumable checkpoint of a run, loaded the safe way."""
+    return torch.load(train_checkpoints(run_dir)[0], weights_only=True)
 
 
 def evaluate_batches(metrics: dict, y_pred: torch.Tensor, y: torch.Tensor, batch: int = 37) -> dict:
@@ -161,7 +167,7 @@ def test_monitor_on_accuracy_keeps_the_most_accurate_checkpoint_and_stops_on_it(
     best_step, best = max(accuracy, key=lambda p: p[1])  # max() returns the earliest of equal values
     best_files = list((run / "checkpoints").glob("best_model_*.pt"))
     assert [p.name for p in best_files] == [f"best_model_{best_step}.pt"]
-    last = torch.load(sorted((run / "checkpoints").glob("checkpoint_*.pt"))[-1], weights_only=True)
+    last = newest_checkpoint(run)
     assert last["monitor"]["best"] == pytest.approx(best) and last["monitor"]["mode"] == "max"
     epoch_length = accuracy[0][0]
     assert len(accuracy) < 14, "this setting stops early on accuracy"
