@@ -68,6 +68,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--plateau-patience", type=int, help="--lr-schedule plateau: validations without improvement of --monitor "
                                                       "before the lr drops." + default_hint("plateau_patience")),
     click.option("--plateau-factor", type=float, help="--lr-schedule plateau: the lr is multiplied by this." + default_hint("plateau_factor")),
+    click.option("--ema-decay", type=float, help="Keep an exponential moving average of the weights (e.g. 0.999); "
+                                                 "validation, the best model, evaluate, predict and export use it."),
 ]
 
 

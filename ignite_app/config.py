@@ -29,7 +29,7 @@ RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
 )
-RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps")  # issue 12
+RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay")  # issue 12
 LR_SCHEDULES += ("onecycle", "plateau")  # issue 12
 
 
@@ -76,6 +76,7 @@ class Config:
     warmup_steps: int = 0
     plateau_patience: int = 2
     plateau_factor: float = 0.1
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
@@ -230,7 +231,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
-    "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,  # issue 12
+    "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float, "ema_decay": float,  # issue 12
 }
 
 
@@ -453,3 +454,6 @@ def _check_schedule(cfg: Config) -> None:
     ok = isinstance(cfg.plateau_factor, (int, float)) and not isinstance(cfg.plateau_factor, bool)
     if not ok or not 0 < cfg.plateau_factor < 1:
         raise UserError(f"invalid --plateau-factor {cfg.plateau_factor!r}: expected a number between 0 and 1")
+    decay = cfg.ema_decay
+    if decay is not None and (not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay < 1):
+        raise UserError(f"invalid --ema-decay {decay!r}: expected a number between 0 and 1, such as 0.999")

@@ -22,6 +22,7 @@ from ignite_app.config import Config
 from ignite_app.data.sources import DataSpec, load_splits, read_csv_table, target_column
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.build import build_evaluation
+from ignite_app.train.ema import inference_weights
 from ignite_app.train.engines import make_model_fn
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
@@ -50,7 +51,7 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
     run_dir, path = resolve_checkpoint(Path(checkpoint))
     cfg = run_config(run_dir)
     state = ckpt.read_checkpoint(path)
-    weights = state.get("model")
+    weights = inference_weights(state)  # issue 12: the EMA weights of a training checkpoint that has them
     if not isinstance(weights, Mapping):
         raise ckpt.CheckpointError(f"{path}: holds no model weights; pass a checkpoint_*.pt or best_model_*.pt of an ignite-app run")
     spec = model_spec(state.get("meta"), cfg)

@@ -32,6 +32,7 @@ from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
+from ignite_app.train.ema import EMAHandler, attach_ema, evaluated_model, make_ema
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
 from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
 from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
@@ -61,6 +62,7 @@ class Pipeline:
     val_loader: Loader
     train_sampler: EpochSampler
     epoch_length: int
+    ema: EMAHandler | None = None  # issue 12: the weights' moving average, which validation uses
 
     @property
     def is_writer(self) -> bool:
@@ -131,17 +133,20 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
         if cfg.clip_grad_norm is not None:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
+    ema = make_ema(raw_model, cfg.ema_decay)
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
                             graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
-    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                                metrics=metrics)
+    evaluator = build_evaluator(evaluated_model(model, ema), splits.spec.task, device, amp=cfg.amp,
+                                channels_last=cfg.channels_last, metrics=metrics)
+    if ema is not None:
+        attach_ema(ema, trainer, cfg.grad_accum)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, train_sampler, cfg.batch_size))
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
                     val_loader=val_loader, train_sampler=train_sampler,
-                    epoch_length=epoch_length(train_sampler, cfg.batch_size))
+                    epoch_length=epoch_length(train_sampler, cfg.batch_size), ema=ema)
 
 
 def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
@@ -248,14 +253,14 @@ def attach_checkpointers(run: Run) -> None:
                  "batch_size": run.cfg.batch_size})
     monitor = run.monitor or Monitor(run.cfg.monitor, run.cfg.mode)
     run.best_checkpoint = ckpt.make_best_checkpoint(
-        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
+        evaluated_model(run.raw_model, run.ema), meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
         score_function=monitor.score, score_name=score_name(monitor))
     run.evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
                 "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None, "monitor": run.monitor,
-                "plateau": run.plateau}
+                "plateau": run.plateau, "ema": run.ema.ema_model if run.ema is not None else None}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)
