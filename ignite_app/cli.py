@@ -70,6 +70,10 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--plateau-factor", type=float, help="--lr-schedule plateau: the lr is multiplied by this." + default_hint("plateau_factor")),
     click.option("--ema-decay", type=float, help="Keep an exponential moving average of the weights (e.g. 0.999); "
                                                  "validation, the best model, evaluate, predict and export use it."),
+    click.option("--class-weights", type=click.Choice(("auto", "none")), help="auto: weight the training loss by inverse "
+                 "class frequency in the training split (recorded in config.yaml)." + default_hint("class_weights")),
+    click.option("--balanced-sampler/--no-balanced-sampler", default=None,
+                 help="Draw training batches so that every class is equally likely (with replacement)."),
 ]
 
 

@@ -29,7 +29,8 @@ RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
 )
-RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay")  # issue 12
+RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay",
+                      "class_weights", "balanced_sampler")  # issue 12
 LR_SCHEDULES += ("onecycle", "plateau")  # issue 12
 
 
@@ -77,6 +78,8 @@ class Config:
     plateau_patience: int = 2
     plateau_factor: float = 0.1
     ema_decay: float | None = None
+    class_weights: Any = "none"  # none, auto, or the weights per class ("auto" is saved as the weights it found)
+    balanced_sampler: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
@@ -130,6 +133,8 @@ class Config:
         data.pop("resume")
         data["model_args"] = model_args_dict(self.model_args)  # a mapping in config.yaml
         data["metrics"] = list(self.metrics)
+        if isinstance(self.class_weights, tuple):
+            data["class_weights"] = list(self.class_weights)
         return data
 
     @property
@@ -454,6 +459,18 @@ def _check_schedule(cfg: Config) -> None:
     ok = isinstance(cfg.plateau_factor, (int, float)) and not isinstance(cfg.plateau_factor, bool)
     if not ok or not 0 < cfg.plateau_factor < 1:
         raise UserError(f"invalid --plateau-factor {cfg.plateau_factor!r}: expected a number between 0 and 1")
+    _check_flag("balanced_sampler", cfg.balanced_sampler, optional=False)
+    object.__setattr__(cfg, "class_weights", _class_weights(cfg.class_weights))
     decay = cfg.ema_decay
     if decay is not None and (not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay < 1):
         raise UserError(f"invalid --ema-decay {decay!r}: expected a number between 0 and 1, such as 0.999")
+
+
+def _class_weights(value: Any) -> str | tuple[float, ...]:
+    """``none``, ``auto``, or a list of non-negative weights (one per class) as a tuple."""
+    if value in ("none", "auto"):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in value):
+        return tuple(float(w) for w in value)
+    raise UserError(f"invalid --class-weights {value!r}: use auto, none, or (in the config file) one weight >= 0 per class")

@@ -25,6 +25,9 @@ from ignite.handlers.tensorboard_logger import TensorboardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from ignite_app.config import Config
+from ignite_app.data.balance import (
+    BalancedEpochSampler, check_classification, class_counts, inverse_frequency, training_labels,
+)
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
 from ignite_app.data.sources import DataSpec, Splits, load_splits
 from ignite_app.errors import UserError
@@ -121,6 +124,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
+        cfg = resolve_class_weights(cfg, splits)
         raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args)).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -137,7 +141,8 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
-                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
+                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None,
+                            class_weights=class_weight_tensor(cfg, device))
     evaluator = build_evaluator(evaluated_model(model, ema), splits.spec.task, device, amp=cfg.amp,
                                 channels_last=cfg.channels_last, metrics=metrics)
     if ema is not None:
@@ -162,8 +167,32 @@ def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampl
     """Training order from (seed, epoch), sharded over processes; validation in order, unpadded."""
     rank, world = idist.get_rank(), idist.get_world_size()
     train = EpochSampler(len(splits.train), cfg.seed, shuffle=True, rank=rank, world_size=world, pad=True)
+    if cfg.balanced_sampler:  # issue 12
+        check_classification(splits.spec.task, "--balanced-sampler")
+        train = BalancedEpochSampler(training_labels(splits.train), splits.spec.num_outputs, cfg.seed, rank, world)
     val = EpochSampler(len(splits.val), cfg.seed, shuffle=False, rank=rank, world_size=world, pad=False)
     return train, val
+
+
+def resolve_class_weights(cfg: Config, splits: Splits) -> Config:
+    """``--class-weights auto`` becomes the training split's inverse class frequencies (saved in config.yaml)."""
+    if cfg.class_weights == "none":
+        return cfg
+    check_classification(splits.spec.task, "--class-weights")
+    if cfg.class_weights == "auto":
+        counts = class_counts(training_labels(splits.train), splits.spec.num_outputs)
+        return cfg.replace(class_weights=tuple(round(w, 6) for w in inverse_frequency(counts)))
+    if len(cfg.class_weights) != splits.spec.num_outputs:
+        raise UserError(f"class_weights has {len(cfg.class_weights)} weights, but the data has {splits.spec.num_outputs} "
+                        "classes; give one per class or use auto")
+    return cfg
+
+
+def class_weight_tensor(cfg: Config, device: torch.device) -> torch.Tensor | None:
+    """The training loss's per-class weights, or None."""
+    if not isinstance(cfg.class_weights, tuple):
+        return None
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
 def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: torch.device) -> Loader:

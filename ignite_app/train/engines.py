@@ -124,6 +124,7 @@ def build_trainer(
     grad_accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     graph_batch_size: int | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor.
 
@@ -131,18 +132,19 @@ def build_trainer(
     batches of that size (:mod:`ignite_app.train.cudagraph`).
     """
     prepare, non_blocking = make_prepare_batch(task, channels_last), device.type == "cuda"
+    loss_fn = loss_for(task, class_weights)
     model_fn = make_model_fn(device, amp, cache=graph_batch_size is None)  # a graph recording must not use autocast's cache
     handle = ModeSwitch(model)
     if graph_batch_size is not None:
         from ignite_app.train.cudagraph import GraphedStep
 
-        step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
+        step = supervised_training_step(handle, optimizer, loss_fn, device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
                                         prepare_batch=prepare, output_transform=keep_loss_on_device, model_fn=model_fn)
         return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
     if scaler is not None:
-        return Engine(training_step(handle, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
+        return Engine(training_step(handle, optimizer, loss_fn, device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
     return create_supervised_trainer(
-        handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking, prepare_batch=prepare,  # type: ignore[arg-type]
+        handle, optimizer, loss_fn, device=device, non_blocking=non_blocking, prepare_batch=prepare,  # type: ignore[arg-type]
         output_transform=keep_loss_on_device, gradient_accumulation_steps=grad_accum, model_fn=model_fn,
     )
 

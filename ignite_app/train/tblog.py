@@ -90,6 +90,7 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
     values["model_args"] = str(values["model_args"])  # issue 12: HParams takes scalars only
     values["metrics"] = ",".join(values["metrics"])
+    values["class_weights"] = str(values["class_weights"])
     tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
 
 
