@@ -74,6 +74,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
                  "class frequency in the training split (recorded in config.yaml)." + default_hint("class_weights")),
     click.option("--balanced-sampler/--no-balanced-sampler", default=None,
                  help="Draw training batches so that every class is equally likely (with replacement)."),
+    click.option("--init-weights", type=click.Path(dir_okay=False), help="Start from these weights where names and shapes "
+                 "match (fine-tuning): a .safetensors file or a checkpoint of this tool."),
 ]
 
 

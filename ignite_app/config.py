@@ -80,6 +80,7 @@ class Config:
     ema_decay: float | None = None
     class_weights: Any = "none"  # none, auto, or the weights per class ("auto" is saved as the weights it found)
     balanced_sampler: bool = False
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
@@ -460,6 +461,7 @@ def _check_schedule(cfg: Config) -> None:
     if not ok or not 0 < cfg.plateau_factor < 1:
         raise UserError(f"invalid --plateau-factor {cfg.plateau_factor!r}: expected a number between 0 and 1")
     _check_flag("balanced_sampler", cfg.balanced_sampler, optional=False)
+    _check_text("init_weights", cfg.init_weights, optional=True)
     object.__setattr__(cfg, "class_weights", _class_weights(cfg.class_weights))
     decay = cfg.ema_decay
     if decay is not None and (not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay < 1):

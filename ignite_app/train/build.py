@@ -33,6 +33,7 @@ from ignite_app.data.sources import DataSpec, Splits, load_splits
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
+from ignite_app.models.init import InitReport, init_weights
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.ema import EMAHandler, attach_ema, evaluated_model, make_ema
@@ -66,6 +67,7 @@ class Pipeline:
     train_sampler: EpochSampler
     epoch_length: int
     ema: EMAHandler | None = None  # issue 12: the weights' moving average, which validation uses
+    init_report: InitReport | None = None  # issue 12: what --init-weights loaded
 
     @property
     def is_writer(self) -> bool:
@@ -126,6 +128,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
         splits = load_splits(cfg)
         cfg = resolve_class_weights(cfg, splits)
         raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args)).to(device)
+        init_report = init_weights(raw_model, cfg.init_weights) if cfg.init_weights and not cfg.resume else None
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
@@ -151,7 +154,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
                     val_loader=val_loader, train_sampler=train_sampler,
-                    epoch_length=epoch_length(train_sampler, cfg.batch_size), ema=ema)
+                    epoch_length=epoch_length(train_sampler, cfg.batch_size), ema=ema, init_report=init_report)
 
 
 def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:

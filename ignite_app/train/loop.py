@@ -144,6 +144,8 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
     echo(f"{spec.task} on {run.cfg.dataset}: {len(run.splits.train)} train / {len(run.splits.val)} val samples, "
          f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+    if run.init_report is not None:  # issue 12
+        echo(run.init_report.line())
     if resumed is not None and resumed.state:
         echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
     echo(f"writing to {run.run_dir}")
