@@ -63,7 +63,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
                                    "as val/NAME." + default_hint("monitor")),
     click.option("--mode", type=click.Choice(MONITOR_MODES), help="Whether the monitor is better lower or higher. "
                                                                    "[default: max for scores, min for loss and errors]"),
-    click.option("--warmup-epochs", type=int, help="Linear warmup from lr/N to --lr over this many epochs, before the schedule."),
+    click.option("--warmup-epochs", type=int, help="Linear warmup to --lr over this many epochs (from lr/iterations), before the schedule."),
     click.option("--warmup-steps", type=int, help="Linear warmup over this many iterations (instead of --warmup-epochs)."),
     click.option("--plateau-patience", type=int, help="--lr-schedule plateau: validations without improvement of --monitor "
                                                       "before the lr drops." + default_hint("plateau_patience")),

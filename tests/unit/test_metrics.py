@@ -208,6 +208,8 @@ def test_chosen_metrics_are_logged_evaluated_and_match_sklearn_on_the_prediction
     assert evaluated["confusion_matrix"] == skm.confusion_matrix(y.numpy(), labels).tolist()
     table = invoke_app("evaluate", str(run))
     assert "confusion_matrix (rows: true class, columns: predicted)" in table.stdout
+    logs = invoke_app("logs", str(run)).stdout
+    assert all(f"val/{name}" in logs for name in ("f1", "precision", "recall", "top3"))
 
 
 def test_monitoring_a_metric_the_run_does_not_compute_is_one_error_line(tmp_path):
