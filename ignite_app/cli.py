@@ -11,8 +11,8 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config, build_config,
-    default_of, default_output_dir, load_yaml, parse_duration, parse_model_args,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config,
+    build_config, default_of, default_output_dir, load_yaml, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -174,8 +174,6 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
     With ``claim``, a new run's output directory is chosen and checked too (:func:`claim_output_dir`).
     """
     file_values = load_yaml(config_file) if config_file else {}
-    if isinstance(flags.get("time_limit"), str):
-        flags["time_limit"] = parse_duration(flags["time_limit"])
     resume = flags.get("resume") or file_values.get("resume")
     if resume:
         return _resume_config(Path(resume), file_values, flags)

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 
 TASKS = ("auto", "classification", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -191,8 +191,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         refuse_yaml_aliases(text, f"config file {str(path)!r}")
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"config file {str(path)!r} is not valid YAML ({first}); fix the file") from None
+        raise UserError(f"config file {str(path)!r} is not valid YAML ({first_line(exc)}); fix the file") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return data

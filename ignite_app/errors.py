@@ -10,6 +10,12 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type's name), at most ``limit`` characters: for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0].rstrip(":") if text else type(exc).__name__)[:limit]
+
+
 class AppError(Exception):
     """A failure the user can act on: printed as one line, never as a traceback."""
 

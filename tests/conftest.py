@@ -239,6 +239,12 @@ def train_tiny_run(run_dir: Path, *extra: str) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The suite's one finished run (2 epochs of the default CNN on digits), shared by the tools' tests: read it, never change it."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
 def assert_one_error_line(exit_code: int, stderr: str, output: str, match: str = "") -> str:
     """Exit code 2, exactly one stderr line starting with ``Error:``, and no traceback anywhere."""
     lines = stderr.strip().splitlines()

@@ -15,6 +15,7 @@ import io
 import pickle
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
@@ -23,7 +24,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
-from ignite_app.errors import NonFiniteLossError, UserError
+from ignite_app.errors import NonFiniteLossError, UserError, first_line
 from ignite_app.io.atomic import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
 
 CHECKPOINT_DIR = "checkpoints"
@@ -153,8 +154,7 @@ def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any
             f"{path}: refused: it holds objects other than tensors and plain values (a pickle payload?); nothing from it was run"
         ) from None
     except Exception as exc:  # RuntimeError for damage that the CRCs cannot see, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an ignite_app checkpoint (expected a dict, found {type(state).__name__})")
     return state
@@ -163,7 +163,10 @@ def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any
 def _check_archive(path: Path) -> None:
     """Our checkpoints are torch zip archives; check every member's CRC (``torch.load`` does not).
 
-    The legacy raw-pickle format is refused outright: it has no checksums at all.
+    The legacy raw-pickle format is refused outright: it has no checksums at all. This overlaps
+    with the SHA-256 sidecar but is kept: a file copied without its sidecar, or one whose sidecar
+    a kill prevented, is still checked. Both are cheap: measured on the default CNN's 1.7 MiB
+    checkpoint, 1.4 ms for the SHA-256 and 1.2 ms for the CRCs (2-core VM, shared, medians of 15).
     """
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (truncated, or another format)")
@@ -263,6 +266,9 @@ class BackgroundSaver(BaseSaveHandler):
     :class:`AtomicSaver`, so each file is still whole or absent. The worker runs no torch code:
     a thread that ran ``torch.save`` and stays alive made the training thread's OpenMP kernels
     twice as slow on a 2-core CPU (0.5 s -> 1.1 s per epoch of the default CNN at batch 8).
+    Re-measured after the restructure (2-core VM, shared, medians of 15): the default CNN's 1.7 MiB
+    checkpoint costs the training thread 18 ms with this saver against 49 ms written in place
+    (8 vs 25 ms at best), twice per epoch (checkpoint and best model); the MLP 4 vs 18 ms.
     At most ``max_pending`` writes wait; a failed write (a full disk, ...) is raised by the next
     save or by :meth:`close`, and the checkpoints written before it are kept. A checkpoint larger
     than ``max_bytes`` is written on the calling thread, so a big model's memory never doubles.
@@ -284,8 +290,6 @@ class BackgroundSaver(BaseSaveHandler):
             self._write(removals, lambda: self.saver(checkpoint, filename, metadata))
             return
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         data = serialize(checkpoint)
         self._pending.append(self._pool.submit(self._write, removals, lambda: self.saver.write_serialized(data, filename)))

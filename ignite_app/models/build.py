@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ignite_app.data.sources import DataSpec
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 from ignite_app.imports import import_object
 from ignite_app.models.args import resolve_model_args
 from ignite_app.models.builtin import CNN, MLP
@@ -42,7 +42,7 @@ def call_model(factory: Callable[..., Any], args: Mapping[str, Any], label: str)
     try:
         model = factory(**{k: _thaw(v) for k, v in args.items()})
     except Exception as exc:
-        raise UserError(f"--model {label}: {call} failed ({type(exc).__name__}: {_first_line(exc)}); "
+        raise UserError(f"--model {label}: {call} failed ({type(exc).__name__}: {first_line(exc, 300)}); "
                         "fix the --model-arg values") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {label} is not a torch.nn.Module subclass (it returned {type(model).__name__})")
@@ -52,10 +52,6 @@ def call_model(factory: Callable[..., Any], args: Mapping[str, Any], label: str)
 def _thaw(value: Any) -> Any:
     """Tuples (frozen YAML lists) back to lists, as YAML gives them."""
     return [_thaw(v) for v in value] if isinstance(value, tuple) else value
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:
@@ -71,9 +67,8 @@ def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> 
         with torch.no_grad():
             out = model(sample)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first}); "
+            f"the model does not accept inputs of shape {tuple(sample.shape[1:])} from this dataset ({first_line(exc)}); "
             "choose a model that fits the data"
         ) from None
     finally:

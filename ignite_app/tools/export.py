@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.io.paths import output_file, resolve_checkpoint
 
@@ -55,7 +55,7 @@ def torchscript_bytes(trained: Trained) -> bytes:
     try:
         scripted = torch.jit.script(trained.model)
     except Exception as exc:
-        raise UserError(f"this model cannot be exported to TorchScript ({_first_line(exc)}); "
+        raise UserError(f"this model cannot be exported to TorchScript ({first_line(exc)}); "
                         "use --format safetensors (weights only) or --format onnx") from None
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
@@ -66,6 +66,10 @@ def onnx_bytes(trained: Trained) -> bytes:
     """The model as ONNX (opset 17) with a dynamic batch dimension: ``input`` -> ``output``."""
     import torch
 
+    try:
+        import onnx  # noqa: F401  # torch.onnx.export needs it
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install 'ignite_app[export]'") from None
     example = torch.zeros(2, *trained.spec.input_shape)
     buffer = io.BytesIO()
     try:
@@ -77,7 +81,7 @@ def onnx_bytes(trained: Trained) -> bytes:
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
     except Exception as exc:
-        raise UserError(f"this model cannot be exported to ONNX ({_first_line(exc)}); "
+        raise UserError(f"this model cannot be exported to ONNX ({first_line(exc)}); "
                         "use --format safetensors (weights only) or --format torchscript") from None
     return buffer.getvalue()
 
@@ -118,7 +122,3 @@ def export(checkpoint: Path, fmt: str, output: Path | None = None) -> Path:
     atomic_write_bytes(path, EXPORTERS[fmt](load_trained(checkpoint, "cpu")))
     return path
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0].rstrip(":") if text else type(exc).__name__)[:200]

@@ -16,9 +16,9 @@ from typing import Any, Callable
 from ignite_app.config import Config, top_k
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
+from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
 from ignite_app.io.paths import run_config
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @dataclass(frozen=True)
@@ -228,14 +228,10 @@ def plotted_tags(logs: list[RunLog]) -> list[list[str]]:
 
 def write_plot(logs: list[RunLog], path: Path) -> None:
     """Loss and metric curves of every run against the epoch, in one image file (matplotlib, no pyplot)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'ignite_app[plot]'") from None
     panels = plotted_tags(logs)
     if not panels:
         raise UserError("--plot: these runs have no loss or validation scalars yet; train for an epoch first")
-    fig = Figure(figsize=(6 * len(panels), 4), layout="constrained")
+    fig = new_figure("--plot", figsize=(6 * len(panels), 4), layout="constrained")
     for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for color, log in enumerate(logs):  # one colour per run, one line style per tag
             for style, tag in zip(("-", "--", ":", "-."), panel):
@@ -247,9 +243,7 @@ def write_plot(logs: list[RunLog], path: Path) -> None:
         ax.set_title(" / ".join(panel))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower(), dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def _label(logs: list[RunLog], log: RunLog, tag: str) -> str:
@@ -264,6 +258,7 @@ def show_logs(run_dirs: list[Path], csv_path: Path | None, plot_path: Path | Non
         output_file(csv_path, "--csv", (".csv",))
     if plot_path is not None:
         output_file(plot_path, "--plot", PLOT_SUFFIXES)
+        require_matplotlib("--plot")
     logs = [read_run(d) for d in expand_runs(run_dirs)]
     echo(report(logs))
     if csv_path is not None:

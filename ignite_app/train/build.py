@@ -44,6 +44,7 @@ from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
 from ignite_app.train.state import GradState, Meta, RNGState
+from ignite_app.train.tblog import attach_progress_bar
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -261,8 +262,6 @@ def attach_training_handlers(run: Run, echo: Echo) -> None:
     attach_schedule(schedule, trainer, evaluator, run.monitor, warmup_steps(cfg, run.epoch_length))
     run.scheduler, run.plateau = schedule.per_step, schedule.plateau
     if run.is_writer and progress_wanted(cfg):
-        from ignite_app.train.tblog import attach_progress_bar
-
         attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
     run.monitor.attach(trainer, evaluator)

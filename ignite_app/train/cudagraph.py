@@ -26,7 +26,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignite_app.errors import UserError
+from ignite_app.errors import UserError, first_line
 
 Step = Callable[[Engine, Any], torch.Tensor]
 
@@ -134,8 +134,7 @@ class GraphedStep:
             try:
                 self.replay = self.recorder.record(run)
             except RuntimeError as exc:  # e.g. a model that reads a value on the host (.item(), data-dependent shapes)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"--cuda-graph could not record this model's training step ({first[:200]}); "
+                raise UserError(f"--cuda-graph could not record this model's training step ({first_line(exc)}); "
                                 "drop --cuda-graph for this model") from None
             self.grads = [p.grad for p in self._params()]
         finally:

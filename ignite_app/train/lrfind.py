@@ -7,18 +7,19 @@ loss falls fastest. Nothing is written but the plot.
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ignite.handlers import FastaiLRFinder
+
 from ignite_app.config import Config
 from ignite_app.errors import UserError
-from ignite_app.io.atomic import atomic_write_bytes
+from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
 from ignite_app.io.paths import output_file
+from ignite_app.train.build import build_pipeline, pick_device
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ def sweep(cfg: Config, start_lr: float, end_lr: float, num_iter: int) -> LRSweep
     The model, data and step are built by :func:`~ignite_app.train.build.build_pipeline`, as for ``train``,
     so every option that changes them applies here too; only ``--cuda-graph`` is dropped (the sweep runs eagerly).
     """
-    from ignite.handlers import FastaiLRFinder
-
-    from ignite_app.train.build import build_pipeline, pick_device
-
     cfg = cfg.replace(cuda_graph=False)
     pipe = build_pipeline(cfg, pick_device(cfg))
     finder = FastaiLRFinder()
@@ -74,9 +71,7 @@ def sweep(cfg: Config, start_lr: float, end_lr: float, num_iter: int) -> LRSweep
 
 def write_plot(result: LRSweep, path: Path) -> None:
     """The loss against the learning rate (log scale) with the suggestion marked."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = new_figure("lr-find", figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses)
     ax.scatter([result.suggestion], [result.losses[result.lrs.index(result.suggestion)]], color="red", zorder=3,
@@ -86,19 +81,14 @@ def write_plot(result: LRSweep, path: Path) -> None:
     ax.set_ylabel("training loss (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower(), dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def lr_find(cfg: Config, start_lr: float, end_lr: float, num_iter: int, plot: Path, echo: Callable[[str], None]) -> int:
     """``ignite-app lr-find``: run the sweep, print the suggestion, save the plot."""
     check_sweep(start_lr, end_lr, num_iter)
     output_file(plot, "--plot", PLOT_SUFFIXES)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("lr-find draws its curve with matplotlib: pip install 'ignite_app[plot]'") from None
+    require_matplotlib("lr-find")
     result = sweep(cfg, start_lr, end_lr, num_iter)
     write_plot(result, plot)
     ended = "where the loss diverged" if result.diverged else f"in {num_iter} iterations; the loss did not diverge"

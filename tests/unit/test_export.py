@@ -30,9 +30,9 @@ DIGITS = DataSpec("classification", (1, 8, 8), 10)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """The module's one run: 2 epochs of the default CNN on digits."""
-    return train_tiny_run(tmp_path_factory.mktemp("export") / "run")
+def run_dir(tiny_run) -> Path:
+    """The suite's shared run: 2 epochs of the default CNN on digits (read only)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from ignite_app.data.sources import load_splits
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """The module's classification run: 2 epochs of the default CNN on digits."""
-    return train_tiny_run(tmp_path_factory.mktemp("inference") / "run")
+def run_dir(tiny_run) -> Path:
+    """The suite's shared run: 2 epochs of the default CNN on digits (read only)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

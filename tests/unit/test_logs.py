@@ -29,9 +29,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """The module's one run: 2 epochs of the default CNN on digits."""
-    return train_tiny_run(tmp_path_factory.mktemp("logs") / "run")
+def run_dir(tiny_run) -> Path:
+    """The suite's shared run: 2 epochs of the default CNN on digits (read only)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
