@@ -68,7 +68,7 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
-    # issue 12: models with arguments, metrics and the monitor
+    # issue 12: model arguments, metrics and the monitor, schedules, EMA, class imbalance, initial weights
     model_args: tuple[tuple[str, Any], ...] = ()
     metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
     monitor: str = "val/loss"
@@ -83,10 +83,6 @@ class Config:
     init_weights: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model_args", freeze_model_args(self.model_args))  # frozen: a mapping becomes pairs
-        object.__setattr__(self, "metrics", parse_metric_names(self.metrics))
-        _check_monitor(self)
-        _check_schedule(self)
         _check_choice("task", self.task, TASKS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
@@ -118,6 +114,7 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_models_and_metrics(self)  # issue 12
 
     @property
     def is_user_model(self) -> bool:
@@ -451,7 +448,15 @@ def _check_monitor(cfg: Config) -> None:
         raise UserError("invalid --monitor val/confusion_matrix: a table is not a score; monitor val/accuracy or val/f1")
 
 
-def _check_schedule(cfg: Config) -> None:
+def _check_models_and_metrics(cfg: Config) -> None:
+    """Freeze ``model_args``, ``metrics`` and ``class_weights`` in place, then check issue 12's options."""
+    object.__setattr__(cfg, "model_args", freeze_model_args(cfg.model_args))  # a mapping becomes sorted pairs
+    object.__setattr__(cfg, "metrics", parse_metric_names(cfg.metrics))
+    _check_monitor(cfg)
+    _check_run_options(cfg)
+
+
+def _check_run_options(cfg: Config) -> None:
     for name in ("warmup_epochs", "warmup_steps", "plateau_patience"):
         _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=0)
     if cfg.warmup_epochs and cfg.warmup_steps:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
-from ignite.metrics import Metric
 from ignite.handlers import Checkpoint, EarlyStopping, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 
 from ignite_app.config import Config
@@ -38,11 +38,11 @@ from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.ema import EMAHandler, attach_ema, evaluated_model, make_ema
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
-from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
-from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
+from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
+from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.state import GradState, Meta, RNGState
 from ignite_app.train.tblog import attach_progress_bar
 
