@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from ignite import distributed as idist
 from ignite.engine import Engine, Events
+from ignite.exceptions import NotComputableError
 from ignite.metrics import (
     Accuracy, ConfusionMatrix, Fbeta, Loss, MeanAbsoluteError, MeanSquaredError, Metric, Precision, Recall, ROC_AUC,
     RootMeanSquaredError, TopKCategoricalAccuracy,
@@ -71,7 +73,7 @@ def make_metric(name: str, task: str, device: torch.device, num_classes: int | N
         "precision": lambda: Precision(average="macro", device=device),
         "recall": lambda: Recall(average="macro", device=device),
         "f1": lambda: Fbeta(beta=1.0, average=True, device=device),  # the mean of per-class F1: macro F1
-        "auroc": lambda: ROC_AUC(output_transform=positive_probability, device=device),
+        "auroc": lambda: AUROC(output_transform=positive_probability, device=device),
         "confusion_matrix": lambda: ConfusionMatrix(num_classes=int(num_classes or 0), device=device),
         "mae": lambda: MeanAbsoluteError(device=device),
         "mse": lambda: MeanSquaredError(device=device),
@@ -85,6 +87,36 @@ def positive_probability(output: tuple[torch.Tensor, torch.Tensor]) -> tuple[tor
     """(softmax probability of class 1, label): what ROC AUC ranks."""
     y_pred, y = output
     return torch.softmax(y_pred.float(), dim=1)[:, 1], y
+
+
+def gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, concatenated in rank order, whatever their numbers (``all_gather`` wants equal sizes)."""
+    world = idist.get_world_size()
+    if world == 1:
+        return tensor
+    sizes = [int(n) for n in idist.all_gather(torch.tensor([len(tensor)], device=tensor.device)).tolist()]
+    longest = max(sizes)
+    padded = torch.cat([tensor, tensor.new_zeros(longest - len(tensor), *tensor.shape[1:])])
+    gathered = idist.all_gather(padded).reshape(world, longest, *tensor.shape[1:])
+    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
+
+
+class AUROC(ROC_AUC):
+    """Ignite's ROC_AUC, gathering predictions from processes that hold different numbers of samples.
+
+    Validation is sharded without padding (no sample counts twice), so two processes may hold 180 and
+    179 samples; Ignite's EpochMetric gathers equal-sized tensors only (a gloo size mismatch otherwise).
+    """
+
+    def compute(self) -> float:
+        """scikit-learn's roc_auc_score over every process's predictions (the same on every rank)."""
+        if not self._predictions:
+            raise NotComputableError("AUROC must have at least one example before it can be computed.")
+        if self._result is None:
+            predictions = gather_uneven(torch.cat(self._predictions, dim=0))
+            targets = gather_uneven(torch.cat(self._targets, dim=0))
+            self._result = self.compute_fn(predictions, targets)
+        return self._result
 
 
 def keep_tables(engine: Engine) -> None:
