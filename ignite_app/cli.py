@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,10 +12,14 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, RESUME_FIXED_KEYS, TASKS, Config,
-    build_config, default_of, default_output_dir, load_yaml, parse_model_args,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, REQUEUE_SIGNALS, RESUME_FIXED_KEYS, TASKS,
+    Config, build_config, default_of, default_output_dir, load_yaml, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
+
+
+OVERWRITE_HELP = "Replace output files that already exist."
+TRUST_HELP = "Import the code that the run directory's config.yaml names (model:/dataset: package.module:NAME)."
 
 
 def default_hint(key: str) -> str:
@@ -25,7 +30,7 @@ def default_hint(key: str) -> str:
 TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the same keys as these options; flags override it."),
     click.option("--device", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps." + default_hint("device")),
-    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y) or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
+    click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y), npy:DIR (DIR/x.npy, DIR/y.npy, memory-mapped), imagefolder:PATH or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
     click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
     click.option("--model", help="mlp, cnn, or package.module:NAME (a class or a function returning an nn.Module; arguments via --model-arg). [default: cnn for images, else mlp]"),
@@ -40,7 +45,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
     click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
-    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file."),
+    click.option("--resume", type=click.Path(), help="Continue a run: its directory (newest valid checkpoint) or a checkpoint file; "
+                                                          "auto: the run in --output-dir if it holds one, else start it there."),
     click.option("--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"),
     click.option("--log-every", type=int, help="Log the training loss to TensorBoard every N iterations." + default_hint("log_every")),
     click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision (bf16 or fp16 autocast; fp16 adds a GradScaler)." + default_hint("amp")),
@@ -54,6 +60,23 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 14: trackers besides TensorBoard
+    click.option("--tracker", help="Trackers, comma-separated: tensorboard (always on), mlflow (needs ignite_app[mlflow])." + default_hint("tracker")),
+    click.option("--mlflow-uri", help="MLflow tracking URI. [default: sqlite:///<folder holding the run directory>/mlflow.db]"),
+    # issue 17: preemption
+    click.option("--requeue-signal", type=click.Choice(REQUEUE_SIGNALS),
+                 help="On this signal save at the next iteration and exit; under SLURM (sbatch --signal=USR1@90 --requeue) "
+                      "also requeue the job. Pair it with --resume auto."),
+    # issue 13: image folders, augmentation on the device, data larger than memory
+    click.option("--val-fraction", type=float, help="Validation share when the data has no val/ split (stratified, fixed seed)." + default_hint("val_fraction")),
+    click.option("--image-size", type=int, help="imagefolder: resize the shorter side to N and center-crop to NxN. [default: the first image's shorter side]"),
+    click.option("--cache-dir", help="imagefolder: folder of the decoded uint8 cache. [default: PATH/.ignite_app_cache]"),
+    click.option("--strict/--no-strict", default=None, help="imagefolder: stop (exit 2) at an unreadable image instead of skipping it."),
+    click.option("--augment", help="imagefolder: off, on (crop,flip) or a comma list of crop, flip, resized-crop; runs on the training device." + default_hint("augment")),
+    click.option("--input-key", help="package.module:NAME datasets of dict items: the input's key. [default: x, input, image, pixel_values, ...]"),
+    click.option("--target-key", help="package.module:NAME datasets of dict items: the target's key. [default: y, label, labels, target, ...]"),
+    click.option("--steps-per-epoch", type=int, help="Batches per epoch of an IterableDataset (package.module:NAME returning one)."),
+    click.option("--memory-budget-mb", type=int, help="Array data larger than this is streamed from its file batch by batch. [default: a quarter of the available memory]"),
     # issue 12: model arguments, metrics and the monitor
     click.option("--model-arg", "model_arg", multiple=True, metavar="NAME=VALUE",
                  help="An argument of --model (repeatable); VALUE is read as YAML: 128, 0.1, true, [64,32], resnet18."),
@@ -129,6 +152,7 @@ def main() -> None:
 
 @click.command("train", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
+@click.option("--trust-config", is_flag=True, default=None, help=TRUST_HELP)  # issue 15
 @click.pass_context
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
     """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
@@ -164,8 +188,9 @@ def _train(config_file: str | None, flags: dict[str, Any]) -> int:
     import_ignite()  # first: without FSDP/DTensor and boto3, ~0.8 s and ~60 MB less at start-up
     from ignite_app.train.launch import launch  # heavy imports only once we really train
 
-    # Under torchrun every process resolves the flags, but only rank 0 claims the output directory.
-    return launch(lambda: resolve_train_config(config_file, flags, claim=False), claim_output_dir)
+    # Under torchrun every process resolves the flags, but only rank 0 claims (and locks) the output directory.
+    with ExitStack() as held:
+        return launch(lambda: resolve_train_config(config_file, flags, claim=False), lambda cfg: claim_output_dir(cfg, held))
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: bool = True) -> Config:
@@ -173,20 +198,40 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], claim: 
 
     With ``claim``, a new run's output directory is chosen and checked too (:func:`claim_output_dir`).
     """
+    trusted = bool(flags.get("trust_config"))
+    flags = {k: v for k, v in flags.items() if k != "trust_config"}
     file_values = load_yaml(config_file) if config_file else {}
     resume = flags.get("resume") or file_values.get("resume")
+    if resume == "auto":  # issue 17: continue the run in --output-dir if it holds one, else start it (a folder named auto: ./auto)
+        resume = _auto_resume(file_values, flags)
     if resume:
-        return _resume_config(Path(resume), file_values, flags)
+        return _resume_config(Path(resume), file_values, flags, trusted)
     cfg = build_config(file_values, flags)
     return claim_output_dir(cfg) if claim else cfg
 
 
-def claim_output_dir(cfg: Config) -> Config:
-    """A new run's directory: --output-dir or a free runs/<dataset>-<timestamp>; refused if it holds files."""
-    if cfg.resume:
-        return cfg  # a resumed run continues in its own directory
-    out = cfg.output_dir or _free_default_dir(cfg.dataset)
-    _refuse_existing_run(Path(out))
+def _auto_resume(file_values: dict[str, Any], flags: dict[str, Any]) -> str | None:
+    """--resume auto: the run directory to continue, or None (and no resume key left) to start the run."""
+    from ignite_app.train.autoresume import auto_resume_dir
+
+    file_values.pop("resume", None)
+    flags.pop("resume", None)
+    return auto_resume_dir(build_config(file_values, flags))
+
+
+def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:
+    """The run's directory, created and locked: --output-dir or a new runs/<dataset>-<timestamp>[-N].
+
+    The lock stays held until ``held`` closes (without ``held``, it is released at once); a fresh run
+    refuses a directory that holds files, and any run refuses one that another process holds.
+    """
+    from ignite_app.io.lock import claim_run_dir
+
+    out, lock = claim_run_dir(cfg.output_dir, default_output_dir(cfg.dataset), fresh=not cfg.resume)
+    if held is not None:
+        held.callback(lock.release)
+    else:
+        lock.release()
     return cfg.replace(output_dir=out)
 
 
@@ -194,6 +239,10 @@ def run_dir_of(resume: Path) -> Path:
     """The run directory that a --resume path points into."""
     if not resume.exists():
         raise UserError(f"--resume {resume}: no such file or directory")
+    if not resume.is_dir():
+        from ignite_app.io.safefile import require_regular
+
+        require_regular(resume, "--resume")  # a FIFO or /dev/zero: refused, not replaced by another checkpoint
     if resume.is_dir():
         run_dir = resume
     elif resume.parent.name == "checkpoints":
@@ -205,11 +254,14 @@ def run_dir_of(resume: Path) -> Path:
     return run_dir
 
 
-def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> Config:
+def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any], trusted: bool = False) -> Config:
+    from ignite_app.io.trust import require_trusted
+
     run_dir = run_dir_of(resume)
     saved = load_yaml(run_dir / "config.yaml")
     saved_cfg = build_config(saved, {})
     asked = {**file_values, **flags}
+    require_trusted(saved_cfg, run_dir, trusted, {"--model": asked.get("model"), "--dataset": asked.get("dataset")})
     out = asked.get("output_dir")
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
@@ -225,25 +277,6 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
     return cfg
 
 
-def _free_default_dir(dataset: str) -> str:
-    base = default_output_dir(dataset)
-    candidate, n = base, 1
-    while Path(candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
-
-
-def _refuse_existing_run(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(
-            f"{out} already holds files; continue that run with --resume {out}, "
-            "or choose another --output-dir"
-        )
-
-
 # Looking at runs and using their checkpoints. Each command imports its module (and torch) only when it runs.
 
 
@@ -256,14 +289,20 @@ def _quiet_ignite() -> None:
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Also draw the loss and validation curves into this .png, .svg or .pdf (needs matplotlib).")
-def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: Path | None, overwrite: bool) -> None:
     """Summarise runs: last and best value of every TensorBoard scalar, early stopping, best checkpoint.
 
     Several runs (or a folder of runs, such as runs/) are compared side by side.
     """
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output
         from ignite_app.tools.logs import show_logs
+
+        for path, flag in ((csv_path, "--csv"), (plot_path, "--plot")):
+            if path is not None:
+                guard_output(path, flag, [], overwrite)
 
         return show_logs(list(run_dirs), csv_path, plot_path, click.echo)
 
@@ -278,7 +317,9 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
               help="Which part of the fixed 80/20 split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool,
+                     trust_config: bool) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -288,9 +329,9 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
     def action() -> int:
         import json
 
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
@@ -304,20 +345,25 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 @main.command("predict")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="CSV or NPZ (array x) of inputs. A CSV holds the training feature columns in training order, "
+              help="CSV or NPZ (array x) of inputs, or for an image model an image file or a folder of them (sorted by path). A CSV holds the training feature columns in training order, "
                    "with or without a header; if it has one column more, that extra target column is dropped "
                    "(--target, else the run's --target, else the last column).")
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
               help="CSV (label, prob_0, ... or output_0, ...) or NPZ (labels and probabilities, or outputs).")
 @click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
+                    trust_config: bool, overwrite: bool) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
-        from ignite_app.io.paths import resolve_checkpoint
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
 
-        resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
+        require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
+        guard_output(output_path, "--output", [input_path, *resolve_checkpoint(checkpoint)], overwrite)
         from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device)
@@ -333,10 +379,20 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
               help="safetensors (weights only: no code, safe to share), torchscript or onnx.")
 @click.option("--output", type=click.Path(path_type=Path),
               help="File to write: .safetensors, .pt/.pth/.ts (torchscript) or .onnx. [default: <checkpoint name>.safetensors, .torchscript.pt or .onnx here]")
-def export_command(checkpoint: Path, fmt: str, output: Path | None) -> None:
+@click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def export_command(checkpoint: Path, fmt: str, output: Path | None, trust_config: bool, overwrite: bool) -> None:
     """Export the model of CHECKPOINT (a checkpoint file or a run directory)."""
 
     def action() -> int:
+        from ignite_app.io.paths import guard_output, resolve_checkpoint
+        from ignite_app.io.trust import require_trusted_run
+        from ignite_app.tools.export import FORMATS, default_output
+
+        require_trusted_run(checkpoint, trust_config)
+        source = resolve_checkpoint(checkpoint)[1]
+        if fmt in FORMATS:  # export() names a wrong format itself
+            guard_output(output or default_output(source, fmt), "--output", [source], overwrite)
         from ignite_app.tools.export import export
 
         click.echo(f"wrote {export(checkpoint, fmt, output)}")
@@ -372,6 +428,65 @@ def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: fl
         return lr_find(build_config(file_values, values), start_lr, end_lr, num_iter, plot, click.echo)
 
     sys.exit(guarded(action))
+
+
+# issue 14: tune
+
+
+@main.command("tune")
+@train_options
+@click.option("--trials", type=int, required=True, help="How many trials the study holds (all processes together).")
+@click.option("--search", "search_path", type=click.Path(path_type=Path), required=True,
+              help="YAML of distributions, e.g. lr: {log_uniform: [1e-4, 1e-1]}, batch_size: {choice: [32, 64]}.")
+@click.option("--storage", help="Optuna storage shared by processes: sqlite:///study.db, an RDB URL, or a journal file. "
+                                "[default: OUTPUT_DIR/study.journal]")
+@click.option("--study-name", help="Study name in the storage. [default: the name of --output-dir]")
+@click.option("--pruner", type=click.Choice(("median", "halving", "none")), default="median", show_default=True,
+              help="Prune unpromising trials at each validation: median or successive halving.")
+@click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (reproducible studies in one process).")
+def tune_command(config_file: str | None, compile_: bool | None, trials: int, search_path: Path, storage: str | None,
+                 study_name: str | None, pruner: str, sampler_seed: int | None, **flags: Any) -> None:
+    """Search hyper-parameters with Optuna; each trial is a run directory OUTPUT_DIR/trial-NNN.
+
+    Takes the train options and --config file as the fixed part of every trial. Several processes or
+    machines on one --storage work on one study; run the same command again to continue a stopped one.
+    """
+
+    def action() -> int:
+        _quiet_ignite()
+        from ignite_app.fastimport import import_ignite
+
+        import_ignite()
+        from ignite_app.tools.tune import TuneSpec, load_search, require_optuna, tune
+
+        require_optuna()
+        values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        file_values = load_yaml(config_file) if config_file else {}
+        study_dir = _study_dir(values, file_values, trials)
+        build_config(file_values, values)  # the fixed part fails here, before any trial
+        spec = TuneSpec(study_dir, trials, load_search(search_path, {**file_values, **values}), storage, study_name,
+                        pruner, sampler_seed)
+
+        def new_config(params: Any, run_dir: Path) -> Config:
+            return claim_output_dir(build_config(file_values, {**values, **params, "output_dir": str(run_dir)}))
+
+        def resume_config(run_dir: Path) -> Config:
+            return resolve_train_config(None, {"resume": str(run_dir)})
+
+        return tune(spec, new_config, resume_config, click.echo, lambda line: click.echo(line, err=True))
+
+    sys.exit(guarded(action))
+
+
+def _study_dir(values: dict[str, Any], file_values: dict[str, Any], trials: int) -> Path:
+    if values.get("resume") or file_values.get("resume"):
+        raise UserError("tune starts and resumes its trials itself; drop --resume (run the same tune command to continue)")
+    if trials < 1:
+        raise UserError(f"invalid --trials {trials}: expected an integer >= 1")
+    out = values.pop("output_dir", None) or file_values.pop("output_dir", None)
+    if not out:
+        raise UserError("tune needs --output-dir STUDY_DIR: the folder of the study (trial-NNN run directories)")
+    return Path(out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,11 +23,14 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 BACKENDS = ("nccl", "gloo")
 BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
+TRACKERS = ("tensorboard", "mlflow")  # issue 14: TensorBoard is always on; the others are optional extras
+REQUEUE_SIGNALS = ("USR1", "USR2")  # issue 17: the warning a SLURM job asks for with sbatch --signal=USR1@90
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
+    "val_fraction", "image_size", "augment", "steps_per_epoch",  # issue 13
 )
 RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay",
                       "class_weights", "balanced_sampler")  # issue 12
@@ -68,6 +71,21 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 14: trackers besides TensorBoard
+    tracker: str = "tensorboard"
+    mlflow_uri: str | None = None
+    # issue 17: preemption (SLURM requeue)
+    requeue_signal: str | None = None
+    # issue 13: image folders, augmentation on the device, data larger than memory
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    cache_dir: str | None = None
+    strict: bool = False
+    augment: str = "off"
+    memory_budget_mb: int | None = None
+    input_key: str | None = None
+    target_key: str | None = None
+    steps_per_epoch: int | None = None
     # issue 12: model arguments, metrics and the monitor, schedules, EMA, class imbalance, initial weights
     model_args: tuple[tuple[str, Any], ...] = ()
     metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
@@ -114,6 +132,10 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_trackers(self)  # issue 14
+        if self.requeue_signal is not None:  # issue 17
+            _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
+        _check_image_options(self)  # issue 13
         _check_models_and_metrics(self)  # issue 12
 
     @property
@@ -161,7 +183,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
     unknown = sorted(set(merged) - set(config_keys()))
     if unknown:
         raise UserError(
-            f"unknown config key {unknown[0]!r}; valid keys are: {', '.join(config_keys())}"
+            f"unknown config key {_short(unknown[0])}; valid keys are: {', '.join(config_keys())}"
         )
     if isinstance(merged.get("time_limit"), str):
         merged["time_limit"] = parse_duration(merged["time_limit"])
@@ -177,20 +199,26 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with user-facing errors."""
+    """Read a YAML config file into a dict, with user-facing errors; bounded in size, depth and aliases."""
     import yaml
 
+    from ignite_app.io.safefile import MAX_YAML_BYTES, decode_text, parse_yaml, read_bounded
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"config file {str(path)!r} does not exist; pass an existing YAML file to --config")
+    text = decode_text(read_bounded(path, "config file", MAX_YAML_BYTES), path, "config file")
     try:
-        text = path.read_text()
-        refuse_yaml_aliases(text, f"config file {str(path)!r}")
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(path)!r} is not valid YAML ({first_line(exc)}); fix the file") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, ...
+        raise UserError(f"config file {str(path)!r} holds a value that cannot be read ({first_line(exc, 100)}); fix the file") from None
+    except RecursionError:  # a flow collection nested beyond Python's stack, before the depth check sees it
+        raise UserError(f"config file {str(path)!r} is nested too deeply; fix the file") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    _check_keys(data, path)
     return data
 
 
@@ -224,7 +252,7 @@ def parse_duration(text: str) -> float:
         pass
     match = _DURATION.match(text)
     if not text or match is None or not any(match.groups()):
-        raise UserError(f"invalid --time-limit {text!r}: use a duration such as 3h30m, 90m, 45s or seconds")
+        raise UserError(f"invalid --time-limit {_short(text)}: use a duration such as 3h30m, 90m, 45s or seconds")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
 
@@ -233,19 +261,20 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "val_fraction": float, "image_size": int, "memory_budget_mb": int, "steps_per_epoch": int,  # issue 13
     "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float, "ema_decay": float,  # issue 12
 }
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected a number")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected a number")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected {'an integer' if kind is int else 'a number'}") from None
     if kind is int and isinstance(value, float) and number != value:
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected an integer")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected an integer")
     return number
 
 
@@ -266,54 +295,127 @@ def _check_cuda_graph(cfg: Config) -> None:
             raise UserError(f"--cuda-graph does not work with {flag}: {fix}, or drop --cuda-graph")
 
 
+def tracker_names(text: str) -> tuple[str, ...]:
+    """The trackers a ``--tracker`` value names, TensorBoard always first (issue 14)."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    return ("tensorboard", *dict.fromkeys(n for n in names if n != "tensorboard"))
+
+
+def _check_trackers(cfg: Config) -> None:
+    _check_text("tracker", cfg.tracker, optional=False)
+    _check_text("mlflow_uri", cfg.mlflow_uri, optional=True)
+    unknown = [n for n in tracker_names(cfg.tracker) if n not in TRACKERS]
+    if unknown:
+        raise UserError(f"invalid --tracker {unknown[0]!r}: choose from {', '.join(TRACKERS)}, comma-separated")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"invalid --{name} {value!r}: choose one of {', '.join(choices)}")
+        raise UserError(f"invalid --{name} {_short(value)}: choose one of {', '.join(choices)}")
 
 
 def _check_number(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"invalid --{name} {value!r}: expected an integer >= {minimum}")
+        raise UserError(f"invalid --{name} {_short(value)}: expected an integer >= {minimum}")
+    if value > MAX_INT:  # what torch (seeds, sizes) and TensorBoard (hparams) take, with room for seed + rank
+        raise UserError(f"invalid --{name} {_short(value)}: expected an integer from {minimum} to {MAX_INT}")
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if not ok or value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
         bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"invalid --{name} {value!r}: expected a finite number {bound}")
+        raise UserError(f"invalid --{name} {_short(value)}: expected a finite number {bound}")
 
 
 def _check_text(key: str, value: Any, optional: bool) -> None:
     if not isinstance(value, str) and not (optional and value is None):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected a string (quote it in the YAML file)")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected a string (quote it in the YAML file)")
 
 
 def _check_flag(key: str, value: Any, optional: bool) -> None:
     if not isinstance(value, bool) and not (optional and value is None):
-        raise UserError(f"invalid {_flag(key)} {value!r}: expected true or false")
+        raise UserError(f"invalid {_flag(key)} {_short(value)}: expected true or false")
 
 
 def _check_dataset(value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise UserError("invalid --dataset: expected a name such as digits")
-    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:")):
-        if value in ("csv:", "npz:"):
-            raise UserError(f"invalid --dataset {value!r}: give a path, e.g. {value}data/train.{value[:3]}")
+    if value in BUILTIN_DATASETS or value.startswith(("csv:", "npz:", "imagefolder:", "npy:")):
+        if value in ("csv:", "npz:", "imagefolder:", "npy:"):
+            example = {"imagefolder:": "data/images", "npy:": "data/arrays"}.get(value, f"data/train.{value[:3]}")  # issue 13
+            raise UserError(f"invalid --dataset {_short(value)}: give a path, e.g. {value}{example}")
         return
     if not _is_import_path(value):
         raise UserError(
-            f"invalid --dataset {value!r}: use digits, synthetic-regression, csv:PATH, npz:PATH "
-            "or package.module:NAME"
+            f"invalid --dataset {_short(value)}: use digits, synthetic-regression, csv:PATH, npz:PATH, "
+            "npy:DIR, imagefolder:PATH or package.module:NAME"
         )
 
 
 def _check_model(value: Any) -> None:
     if not isinstance(value, str) or (value not in BUILTIN_MODELS and not _is_import_path(value)):
-        raise UserError(f"invalid --model {value!r}: use mlp, cnn or package.module:ClassName")
+        raise UserError(f"invalid --model {_short(value)}: use mlp, cnn or package.module:ClassName")
 
 
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
+
+
+# issue 15: bounded values and messages for hostile or mistaken configs
+
+
+def _check_keys(data: dict[Any, Any], path: Path) -> None:
+    """Every key of a config file is a string (YAML reads ``1:`` or ``[a]:`` as other types)."""
+    from ignite_app.io.safefile import short
+
+    for key in data:
+        if not isinstance(key, str):
+            raise UserError(f"config file {str(path)!r} has the key {short(key)}, which is not a name; "
+                            f"use keys such as epochs")
+
+
+MAX_INT = 2**31 - 1  # the largest value an integer option takes
+
+
+def _short(value: Any) -> str:
+    """The value as quoted in an error message: at most a short prefix of it."""
+    from ignite_app.io.safefile import short
+
+    return short(value)
+
+
+AUGMENTATIONS = ("crop", "flip", "resized-crop")
+
+
+def augmentations(value: str) -> tuple[str, ...]:
+    """The augmentations ``--augment`` names: ``off``, ``on`` (crop and flip) or a comma list of AUGMENTATIONS."""
+    if value == "off":
+        return ()
+    if value == "on":
+        return ("crop", "flip")
+    return tuple(part.strip() for part in value.split(","))
+
+
+def _check_image_options(cfg: Config) -> None:
+    """issue 13: --val-fraction, --image-size, --augment, --cache-dir, --strict, --memory-budget-mb."""
+    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool)
+    if not ok or not 0 < cfg.val_fraction < 1:
+        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    if cfg.image_size is not None:
+        _check_number("image-size", cfg.image_size, minimum=4)
+    for name in ("memory_budget_mb", "steps_per_epoch"):
+        if getattr(cfg, name) is not None:
+            _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=1)
+    for name in ("cache_dir", "input_key", "target_key"):
+        _check_text(name, getattr(cfg, name), optional=True)
+    _check_flag("strict", cfg.strict, optional=False)
+    _check_text("augment", cfg.augment, optional=False)
+    unknown = [a for a in augmentations(cfg.augment) if a not in AUGMENTATIONS]
+    if unknown:
+        raise UserError(f"invalid --augment {cfg.augment!r}: use off, on, or a comma list of {', '.join(AUGMENTATIONS)}")
+    if cfg.augment != "off" and not cfg.dataset.startswith(("imagefolder:", "npy:")):
+        raise UserError(f"--augment applies to imagefolder: and npy: (uint8 images) datasets, not {cfg.dataset!r}; drop --augment")
 
 
 # issue 12: model arguments (``--model-arg key=value`` and ``model_args:``), kept as immutable (key, value) pairs.
@@ -322,23 +424,11 @@ MODEL_ARG_KEY = re.compile(r"^[A-Za-z_]\w*$")
 MAX_MODEL_ARG_CHARS = 10_000
 
 
-def refuse_yaml_aliases(text: str, what: str) -> None:
-    """Refuse YAML anchors and aliases: they let a few bytes expand into unbounded memory."""
-    import yaml
-
-    if "*" not in text and "&" not in text:
-        return
-    try:
-        events = list(yaml.parse(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError:
-        return  # safe_load reports the syntax error itself
-    if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events):
-        raise UserError(f"{what} uses YAML anchors or aliases (&name, *name); write the values out in full")
-
-
 def parse_model_args(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``--model-arg key=value`` flags as a dict; each value is read as a YAML scalar or list."""
     import yaml
+
+    from ignite_app.io.safefile import parse_yaml
 
     args: dict[str, Any] = {}
     for text in texts:
@@ -348,11 +438,11 @@ def parse_model_args(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
             raise UserError(f"invalid --model-arg {text!r}: write it as name=value, e.g. --model-arg hidden=[128,64]")
         if len(raw) > MAX_MODEL_ARG_CHARS:
             raise UserError(f"invalid --model-arg {key}: the value is longer than {MAX_MODEL_ARG_CHARS} characters")
-        refuse_yaml_aliases(raw, f"--model-arg {key}")
         try:
-            args[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            args[key] = raw  # not YAML (e.g. an unbalanced bracket): keep the text as it is
+            args[key] = parse_yaml(raw) if raw.strip() else ""  # no anchors or aliases, bounded nesting
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise UserError(f"invalid --model-arg {key}: the value is not a YAML scalar or list ({first_line(exc, 100)}); "
+                            "quote it or write it out in full") from None
     return args
 
 

@@ -38,3 +38,9 @@ class DiskFullError(AppError):
     """A checkpoint could not be written for lack of space; the previous one is kept (exit code 4)."""
 
     exit_code = EXIT_DISK_FULL
+
+
+class EventWriteError(AppError):
+    """A TensorBoard event file could not be written (a full disk, an I/O error); the checkpoints are kept (exit code 4)."""
+
+    exit_code = EXIT_DISK_FULL

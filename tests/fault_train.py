@@ -2,7 +2,8 @@
 """``scripts/train.py`` with a fault injected into every checkpoint write, for the end-to-end tests.
 
 ``TEST_FAULT=slow-save:SECONDS`` pauses each save after its first write (a kill lands mid-save);
-``TEST_FAULT=enospc-save:N`` makes the N-th and later saves fail half-way with ENOSPC.
+``TEST_FAULT=enospc-save:N`` makes the N-th and later saves fail half-way with ENOSPC;
+``TEST_FAULT=enospc-events:N`` makes the N-th and later TensorBoard event records fail with ENOSPC.
 """
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faults import full_disk_from, slow_writes  # noqa: E402
+from faults import failing_event_writes, full_disk_from, slow_writes  # noqa: E402
 
 from ignite_app.cli import train_command  # noqa: E402
 from ignite_app.io import checkpoint  # noqa: E402
@@ -20,6 +21,9 @@ from ignite_app.io import checkpoint  # noqa: E402
 def install(spec: str) -> None:
     """Make every AtomicSaver built from now on wrap its files as ``spec`` says."""
     kind, _, value = spec.partition(":")
+    if kind == "enospc-events":
+        failing_event_writes(int(value))
+        return
     wrap = slow_writes(float(value)) if kind == "slow-save" else full_disk_from(int(value))
     original = checkpoint.AtomicSaver.__init__
 

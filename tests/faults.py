@@ -54,3 +54,19 @@ class _FullDiskWriter:
 
     def flush(self) -> None:
         self.raw.flush()
+
+
+def failing_event_writes(first_failing: int, error: int = errno.ENOSPC) -> None:
+    """From the N-th record on, tensorboardX's event-file writes fail with ``error``, as on a full disk."""
+    from tensorboardX import record_writer
+
+    original = record_writer.RecordWriter.write
+    calls = [0]
+
+    def write(self, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] >= first_failing and "hparams" not in str(self.path):
+            raise OSError(error, os.strerror(error))
+        original(self, data)
+
+    record_writer.RecordWriter.write = write

@@ -10,8 +10,9 @@ import math
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from ignite_app.data.arrays import StreamingArrayDataset
 from ignite_app.data.sources import ArrayDataset, collate_batch
 
 
@@ -106,9 +107,12 @@ def make_loader(
     seed: int,
 ) -> InMemoryLoader | DataLoader:
     """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``."""
+    if isinstance(dataset, IterableDataset):  # issue 13: a stream has no sampler; Ignite keeps its iterator across epochs
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+                          generator=torch.Generator().manual_seed(seed))
     if in_memory and isinstance(dataset, ArrayDataset):
         return InMemoryLoader(dataset, batch_size, sampler, device if device.type == "cuda" else None)
-    array = isinstance(dataset, ArrayDataset)
+    array = isinstance(dataset, (ArrayDataset, StreamingArrayDataset))  # both return whole batches
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from ignite_app.config import Config
 from ignite_app.errors import UserError
+from ignite_app.data.items import pair_items
+from ignite_app.data.streams import Stream
 from ignite_app.imports import import_object
+from ignite_app.io.safefile import require_utf8
 
 SPLIT_SEED = 0  # the train/validation split is fixed, whatever --seed says
 VAL_FRACTION = 0.2
@@ -85,7 +88,7 @@ def load_splits(cfg: Config) -> Splits:
     elif name.startswith("npz:"):
         x, y = _read_npz(Path(name[4:]))
     else:
-        return _user_splits(name, cfg.task)
+        return _user_splits(name, cfg.task, (cfg.input_key, cfg.target_key))
     return _array_splits(x, y, cfg.task, name)
 
 
@@ -121,6 +124,7 @@ def _infer_task(y: np.ndarray, task: str, name: str) -> str:
 
 def _targets(y: np.ndarray, task: str, name: str) -> tuple[torch.Tensor, int]:
     if task == "classification":
+        check_label_range(y, name)
         labels = torch.as_tensor(y.astype(np.int64))
         classes = int(labels.max()) + 1
         if classes < 2:
@@ -177,6 +181,7 @@ def read_csv_table(path: Path, source: str) -> tuple[list[str] | None, np.ndarra
     """A numeric CSV file as (its header or None, a float64 matrix); ``source`` names the option in errors."""
     if not path.is_file():
         raise UserError(f"CSV file {str(path)!r} does not exist; check the path after {source}")
+    require_utf8(path, "CSV file")  # issue 15: one line, not a UnicodeDecodeError, for another encoding
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
     if not rows:
@@ -241,10 +246,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"NPZ file {str(path)!r}: x and y must hold one row per sample, not a single number")
     if len(x) != len(y):
         raise UserError(f"NPZ file {str(path)!r}: x has {len(x)} samples but y has {len(y)}; give one target per sample")
+    check_npz_arrays(x, y, path)
     return x.astype(np.float32), y
 
 
-def _user_splits(path: str, task: str) -> Splits:
+def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (None, None)) -> Splits:
     factory = import_object(path, "--dataset")
     datasets = []
     for train in (True, False):
@@ -252,13 +258,30 @@ def _user_splits(path: str, task: str) -> Splits:
             datasets.append(factory(train=train))
         except Exception as exc:
             raise UserError(f"--dataset {path}(train={train}) failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(datasets[0], IterableDataset):  # issue 13
+        return _stream_splits(datasets, path, task, keys)
+    datasets = [pair_items(d, *keys, path) for d in datasets]  # issue 13: dict items by --input-key/--target-key
     train_ds, val_ds = (_as_array_dataset(d) for d in datasets)
     for label, ds in (("train", train_ds), ("validation", val_ds)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
             raise UserError(f"--dataset {path} returned an empty or unsized {label} dataset; return a map-style Dataset")
     x0, y0 = _first_sample(train_ds, path)
-    spec = _user_spec(train_ds, torch.as_tensor(x0), torch.as_tensor(y0), task, path)
+    spec = _user_spec(train_ds, torch.as_tensor(x0), torch.as_tensor(y0), task, path, val_ds)
     return Splits(train_ds, val_ds, spec)
+
+
+def _stream_splits(datasets: list[Any], path: str, task: str, keys: tuple[str | None, str | None]) -> Splits:
+    """issue 13: IterableDatasets as :class:`~ignite_app.data.streams.Stream` splits; classes from ``num_classes``."""
+    train, val = (Stream(d, *keys, path) for d in datasets)
+    x0, y0 = (torch.as_tensor(v) for v in train.pair(train.first))
+    integer_target = y0.ndim == 0 and not torch.is_floating_point(y0)
+    if task == "classification" or (task == "auto" and integer_target):
+        classes = getattr(datasets[0], "num_classes", None)
+        if not integer_target or not isinstance(classes, int) or classes < 2:
+            raise UserError(f"--dataset {path}: a classification IterableDataset needs integer labels and a "
+                            "num_classes attribute (>= 2), since a stream cannot be counted")
+        return Splits(train, val, DataSpec("classification", tuple(x0.shape), classes))
+    return Splits(train, val, DataSpec("regression", tuple(x0.shape), 1 if y0.ndim == 0 else int(y0.numel())))
 
 
 def _as_array_dataset(ds: Any) -> Any:
@@ -276,7 +299,7 @@ def _first_sample(ds: Any, path: str) -> tuple[Any, Any]:
     return x, y
 
 
-def _user_spec(ds: Any, x0: torch.Tensor, y0: torch.Tensor, task: str, path: str) -> DataSpec:
+def _user_spec(ds: Any, x0: torch.Tensor, y0: torch.Tensor, task: str, path: str, val_ds: Any = None) -> DataSpec:
     integer_target = y0.ndim == 0 and not torch.is_floating_point(y0)
     if task == "auto":
         task = "classification" if integer_target else "regression"
@@ -284,6 +307,7 @@ def _user_spec(ds: Any, x0: torch.Tensor, y0: torch.Tensor, task: str, path: str
         if not integer_target:
             raise UserError(f"--dataset {path}: classification needs integer class labels as targets")
         classes = getattr(ds, "num_classes", None) or _count_classes(ds)
+        check_user_labels(ds, val_ds, int(classes), path)
         return DataSpec("classification", tuple(x0.shape), int(classes))
     outputs = 1 if y0.ndim == 0 else int(y0.numel())
     return DataSpec("regression", tuple(x0.shape), outputs)
@@ -293,3 +317,39 @@ def _count_classes(ds: Any) -> int:
     if isinstance(ds, ArrayDataset):
         return int(ds.y.max()) + 1
     return max(int(ds[i][1]) for i in range(len(ds))) + 1
+
+
+# issue 15: labels and arrays checked when the data is loaded, before the run directory is written
+
+MAX_LABEL = 100_000  # class labels run 0..MAX_LABEL-1: the model's output layer has one unit per class
+
+
+def check_label_range(y: np.ndarray, name: str) -> None:
+    """Classification labels must be integers from 0 to MAX_LABEL - 1 (a label of 3e9 would allocate terabytes)."""
+    if len(y) and (y.min() < 0 or y.max() >= MAX_LABEL):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise UserError(f"dataset {name!r} has the class label {bad:.6g}; labels must run from 0 to {MAX_LABEL - 1}: "
+                        "renumber the classes, or use --task regression")
+
+
+def check_user_labels(train: Any, val: Any, classes: int, path: str) -> None:
+    """Every label of a user dataset (both splits) lies in 0..classes-1, and classes is at most MAX_LABEL."""
+    if classes > MAX_LABEL:
+        raise UserError(f"--dataset {path}: {classes} classes; at most {MAX_LABEL} are supported")
+    for split, ds in (("train", train), ("validation", val)):
+        if ds is None:
+            continue
+        labels = ds.y if isinstance(ds, ArrayDataset) else torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise UserError(f"--dataset {path}: the {split} data has the label {bad}, outside 0..{classes - 1}; "
+                            "labels must number the classes from 0")
+
+
+def check_npz_arrays(x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """Real-valued inputs and targets, and at least one feature per sample."""
+    if np.iscomplexobj(x) or np.iscomplexobj(y):
+        raise UserError(f"NPZ file {str(path)!r}: x and y must be real numbers, not complex; save the real part")
+    if 0 in x.shape[1:]:
+        raise UserError(f"NPZ file {str(path)!r}: x has shape {tuple(x.shape)}, with no features per sample; "
+                        "save x with one row of features per sample")

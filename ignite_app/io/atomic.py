@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO
 
-from ignite_app.errors import DiskFullError
+from ignite_app.errors import DiskFullError, UserError
 
 TMP_SUFFIX = ".tmp"
 
@@ -37,6 +37,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> str:
             _remove_quietly(tmp_name)
         if is_disk_full(exc):
             raise DiskFullError(f"no space left on device while writing {path}; free some space") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise UserError(f"cannot write {path} ({exc.strerror}); choose a writable location") from None
         raise
     return hashing.hexdigest()
 

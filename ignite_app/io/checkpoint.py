@@ -12,7 +12,9 @@ any of them is changed.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import stat
 import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +28,18 @@ from torch import nn
 
 from ignite_app.errors import NonFiniteLossError, UserError, first_line
 from ignite_app.io.atomic import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
+from ignite_app.io.safefile import file_kind, read_bounded
 
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"
 BEST_PATTERN = "best_model_{global_step}.{ext}"
 _TRAIN_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _ANY_NAME = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pt$")
+_BEST_NAME = re.compile(r"^best_model_(\d+)\.pt$")
+ROLLED_BACK_DIR = "rolled-back"  # newer checkpoints set aside by a resume from an older one
 SIDECAR = ".sha256"
 REQUIRED_KEYS = ("model", "optimizer", "trainer")
+MAX_BYTES_ENV = "IGNITE_APP_MAX_CHECKPOINT_BYTES"
 
 
 class AtomicSaver(BaseSaveHandler):
@@ -132,17 +138,16 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used, with the reason."""
 
 
-def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any]:
-    """Verify and load one checkpoint file safely; raises :class:`CheckpointError` with the reason."""
+def read_checkpoint(path: Path, require_checksum: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
+    """Verify and load one checkpoint file safely; raises :class:`CheckpointError` with the reason.
+
+    Files larger than ``max_bytes`` (default :func:`max_checkpoint_bytes`) are refused before being read.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty")
+    check_checkpoint_file(path, max_bytes)
     sidecar = _sidecar(path)
     if sidecar.is_file():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
-        if sha256_file(path) != expected:
+        if sha256_file(path) != _expected_digest(sidecar):
             raise CheckpointError(f"{path}: SHA-256 does not match {sidecar.name} (the file is damaged or was changed)")
     elif require_checksum:
         raise CheckpointError(f"{path}: no {sidecar.name} (its save was interrupted)")
@@ -158,6 +163,53 @@ def read_checkpoint(path: Path, require_checksum: bool = False) -> dict[str, Any
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an ignite_app checkpoint (expected a dict, found {type(state).__name__})")
     return state
+
+
+def check_checkpoint_file(path: Path, max_bytes: int | None = None) -> None:
+    """A regular, non-empty file of at most ``max_bytes``: checked by type and size before anything reads it."""
+    mode = _stat_mode(path)
+    if mode is None:
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: {file_kind(mode)}, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    bound = max_checkpoint_bytes() if max_bytes is None else min(max_bytes, max_checkpoint_bytes())
+    if size > bound:
+        raise CheckpointError(f"{path}: {size} bytes, more than a checkpoint of this run can hold ({bound}); "
+                              f"not read (set {MAX_BYTES_ENV} to allow larger files)")
+
+
+def max_checkpoint_bytes() -> int:
+    """The largest checkpoint file read at all: ``IGNITE_APP_MAX_CHECKPOINT_BYTES``, else 64 GiB."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return 64 * 2**30
+    if not text.isdigit():
+        raise UserError(f"invalid {MAX_BYTES_ENV}={text[:40]!r}: expected a number of bytes")
+    return int(text)
+
+
+def size_bound(model: nn.Module) -> int:
+    """A generous bound on a resumable checkpoint of ``model``: weights, optimizer state, gradients and the rest."""
+    return 16 * _tensor_bytes(model.state_dict()) + 256 * 2**20
+
+
+def _stat_mode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _expected_digest(sidecar: Path) -> str:
+    """The hex digest a ``.sha256`` sidecar names ("" for one that is damaged, binary or not a file)."""
+    try:
+        text = read_bounded(sidecar, "checksum file", 4096).decode("ascii")
+    except (UserError, UnicodeDecodeError):
+        return ""
+    return text.split()[0] if text.strip() else ""
 
 
 def _check_archive(path: Path) -> None:
@@ -231,9 +283,49 @@ def train_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    """The best-model file of a run, if there is one."""
-    found = sorted((Path(run_dir) / CHECKPOINT_DIR).glob("best_model_*.pt"))
-    return found[-1] if found else None
+    """The best-model file of a run, if there is one (the highest iteration: 1080 beats 90)."""
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINT_DIR).glob("best_model_*.pt")
+             if (m := _BEST_NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def iteration_of(path: Path) -> int | None:
+    """The iteration in a checkpoint's name (``checkpoint_180.pt`` -> 180), or None."""
+    match = _ANY_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def set_aside_newer(run_dir: Path, iteration: int) -> list[Path]:
+    """Move the checkpoints saved after ``iteration`` (and their sidecars) into ``checkpoints/rolled-back/``.
+
+    A resume from an older checkpoint rolls the run back: the newer files are another history, kept
+    for the user but out of the way of the next resume and of the best-model choice. Returns the new paths.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    newer = sorted(p for p in folder.glob("*.pt") if (n := iteration_of(p)) is not None and n > iteration)
+    if not newer:
+        return []
+    aside = folder / ROLLED_BACK_DIR
+    aside.mkdir(exist_ok=True)
+    moved = []
+    for path in newer:
+        target = _free_name(aside / path.name)
+        if _sidecar(path).exists():
+            os.replace(_sidecar(path), _sidecar(target))
+        os.replace(path, target)
+        moved.append(target)
+    fsync_dir(aside)
+    fsync_dir(folder)
+    return moved
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``, ... before its suffix if taken (a second roll-back)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    return candidate
 
 
 def clean_temporaries(run_dir: Path) -> list[Path]:

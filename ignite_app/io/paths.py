@@ -74,4 +74,35 @@ def output_file(path: Path, flag: str, suffixes: tuple[str, ...]) -> str:
         raise UserError(f"{flag} {path}: folder {path.parent} does not exist; create it or choose another path")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name")
+    if inside_checkpoints(path):
+        raise UserError(f"{flag} {path}: inside a run's checkpoints/ folder, which only training writes; choose another path")
     return suffix
+
+
+# issue 15: never overwrite what the user did not name as output
+
+
+def inside_checkpoints(path: Path) -> bool:
+    """Whether ``path`` lies in the checkpoints/ folder (or below) of a run directory."""
+    from ignite_app.io.checkpoint import CHECKPOINT_DIR
+
+    resolved = Path(path).resolve()
+    return any(folder.name == CHECKPOINT_DIR and is_run_dir(folder.parent) for folder in resolved.parents)
+
+
+def guard_output(path: Path, flag: str, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that is one of the command's ``inputs``, or that exists already unless ``overwrite``."""
+    for source in inputs:
+        if _same_path(path, source):
+            raise UserError(f"{flag} {path} is also an input of this command; write to another file")
+    if inside_checkpoints(path):
+        raise UserError(f"{flag} {path}: inside a run's checkpoints/ folder, which only training writes; choose another path")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another file")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() or (Path(a).exists() and Path(a).samefile(b))
+    except OSError:
+        return False

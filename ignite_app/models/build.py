@@ -41,7 +41,7 @@ def call_model(factory: Callable[..., Any], args: Mapping[str, Any], label: str)
     call = label.split(":")[-1] + "(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
     try:
         model = factory(**{k: _thaw(v) for k, v in args.items()})
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: a class that calls sys.exit() must not end the run with 0
         raise UserError(f"--model {label}: {call} failed ({type(exc).__name__}: {first_line(exc, 300)}); "
                         "fix the --model-arg values") from None
     if not isinstance(model, nn.Module):

@@ -79,6 +79,15 @@ def load_matching(model: nn.Module, weights: Mapping[str, torch.Tensor], path: P
     return report
 
 
+def bare_weights(weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The wrapped model's own tensors when ``weights`` come from an image run (pixel normalisation in front)."""
+    from ignite_app.models.normalize import MEAN_KEY, STD_KEY
+
+    if MEAN_KEY not in weights or STD_KEY not in weights:
+        return weights
+    return {name.removeprefix("model."): t for name, t in weights.items() if name not in (MEAN_KEY, STD_KEY)}
+
+
 def init_weights(model: nn.Module, path: str) -> InitReport:
-    """Load ``path`` into ``model`` where it fits; returns the report."""
-    return load_matching(model, read_weights(Path(path)), Path(path))
+    """Load ``path`` into the bare ``model`` (before any pixel normalisation wraps it) where it fits; returns the report."""
+    return load_matching(model, bare_weights(read_weights(Path(path))), Path(path))

@@ -19,7 +19,9 @@ from torch import nn
 
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.config import Config
-from ignite_app.data.sources import DataSpec, load_splits, read_csv_table, target_column
+from ignite_app.data.images import IMAGE_SUFFIXES, read_images
+from ignite_app.data.select import load_splits  # issue 13
+from ignite_app.data.sources import DataSpec, read_csv_table, target_column
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.build import build_evaluation
 from ignite_app.train.ema import inference_weights
@@ -27,6 +29,7 @@ from ignite_app.train.engines import make_model_fn
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.models import build_model
+from ignite_app.models.normalize import wrap_for_weights
 from ignite_app.io.paths import output_file, resolve_checkpoint, run_config
 
 SPLITS = ("val", "train")
@@ -55,7 +58,7 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
     if not isinstance(weights, Mapping):
         raise ckpt.CheckpointError(f"{path}: holds no model weights; pass a checkpoint_*.pt or best_model_*.pt of an ignite-app run")
     spec = model_spec(state.get("meta"), cfg)
-    model = build_model(cfg.model, spec, dict(cfg.model_args))
+    model = wrap_for_weights(build_model(cfg.model, spec, dict(cfg.model_args)), weights)  # issue 13: pixel statistics of image runs
     ckpt.check_model_state(model, weights, path)
     model.load_state_dict(weights)
     target = resolve_device(device)
@@ -115,10 +118,24 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     check_data_fits(splits.spec, trained.spec, cfg.dataset)
     data = splits.val if split == "val" else splits.train
     evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device)
+    seen = count_samples(evaluator)  # issue 13: a stream has no len()
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
     tables = {name: value.to(torch.int64).tolist() for name, value in getattr(evaluator.state, "tables", {}).items()}
-    return Evaluation(trained.path, cfg.dataset, split, len(data), metrics, tables)
+    return Evaluation(trained.path, cfg.dataset, split, seen[0], metrics, tables)
+
+
+def count_samples(engine: Any) -> list[int]:
+    """A one-item list that counts the samples ``engine`` has run through (updated every iteration)."""
+    from ignite.engine import Events
+
+    seen = [0]
+
+    def add(e: Any) -> None:
+        seen[0] += len(e.state.batch[1])
+
+    engine.add_event_handler(Events.ITERATION_COMPLETED, add)
+    return seen
 
 
 def format_evaluation(result: Evaluation) -> str:
@@ -135,8 +152,10 @@ def format_evaluation(result: Evaluation) -> str:
 
 
 def read_inputs(path: Path, trained: Trained, target: str | None) -> torch.Tensor:
-    """Model inputs from a CSV or NPZ file, shaped like the training samples."""
+    """Model inputs from a CSV or NPZ file (or images, for an image model), shaped like the training samples."""
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix in IMAGE_SUFFIXES:  # issue 13: an image file or a folder of images
+        return torch.from_numpy(read_images(path, trained.spec.input_shape))
     if suffix not in PREDICT_SUFFIXES:
         raise UserError(f"--input {path}: unsupported file type {suffix or '(none)'!r}; use a .csv or .npz file")
     features = math.prod(trained.spec.input_shape)

@@ -51,6 +51,9 @@ def read_scalars(run_dir: Path) -> dict[str, list[Point]]:
     """Every scalar series of the run's own event files (not its sub-runs), in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from ignite_app.io.safefile import require_regular_entries
+
+    require_regular_entries(run_dir, "tfevents", "event file")  # a FIFO would make the reader wait forever
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every value
     acc.Reload()
     return {tag: [Point(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)] for tag in sorted(acc.Tags()["scalars"])}
@@ -83,8 +86,12 @@ def newest_checkpoint_state(run_dir: Path) -> dict[str, Any]:
 
 def epoch_length_from_config(cfg: Config) -> int | None:
     """Iterations per epoch of a single-process run of ``cfg`` (for runs without a checkpoint yet)."""
-    from ignite_app.data.sources import load_splits
+    from ignite_app.data.select import load_splits  # issue 13: image folders too
 
+    if cfg.steps_per_epoch is not None:  # issue 13: a stream's epoch; a stream has no len()
+        return cfg.steps_per_epoch
+    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:", "npy:")):
+        return None  # never import code that a run directory names just to count its batches
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)
     except UserError:  # the data moved or is gone: epochs stay unknown

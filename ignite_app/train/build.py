@@ -24,16 +24,19 @@ from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 
-from ignite_app.config import Config
+from ignite_app.config import Config, augmentations
 from ignite_app.data.balance import (
     BalancedEpochSampler, check_classification, class_counts, inverse_frequency, training_labels,
 )
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
-from ignite_app.data.sources import DataSpec, Splits, load_splits
+from ignite_app.data.select import load_splits  # issue 13: image folders, then the other sources
+from ignite_app.data.sources import DataSpec, Splits
+from ignite_app.data.streams import Stream, nominal_size
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
 from ignite_app.models.init import InitReport, init_weights
+from ignite_app.models.normalize import with_pixel_normalize
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
 from ignite_app.train.ema import EMAHandler, attach_ema, evaluated_model, make_ema
@@ -45,6 +48,7 @@ from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
 from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.state import GradState, Meta, RNGState
 from ignite_app.train.tblog import attach_progress_bar
+from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -91,6 +95,7 @@ class Run(Pipeline):
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
+    trackers: Trackers | None = None  # issue 14: opened with TensorBoard
     # issue 12: the metric that decides
     monitor: Monitor | None = None
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
@@ -128,12 +133,13 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
         cfg = resolve_class_weights(cfg, splits)
-        raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args)).to(device)
+        raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args))
         init_report = init_weights(raw_model, cfg.init_weights) if cfg.init_weights and not cfg.resume else None
+        raw_model = with_pixel_normalize(raw_model, splits).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
-        train_loader = make_data_loader(cfg, splits.train, train_sampler, device)
+        train_loader = with_augmentation(cfg, make_data_loader(cfg, splits.train, train_sampler, device), train_sampler, device)
         val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
@@ -164,17 +170,20 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
     run = Run(**vars(pipe), run_dir=Path(cfg.output_dir or "."), tracker=LossTracker(cfg.log_every))
     attach_training_handlers(run, echo)
     attach_checkpointers(run)
+    if cfg.resume and isinstance(run.splits.train, Stream) and not run.splits.train.stateful:
+        echo(f"{cfg.dataset} has no state_dict()/load_state_dict(): the data stream restarts from its beginning")
     return run
 
 
 def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampler]:
     """Training order from (seed, epoch), sharded over processes; validation in order, unpadded."""
     rank, world = idist.get_rank(), idist.get_world_size()
-    train = EpochSampler(len(splits.train), cfg.seed, shuffle=True, rank=rank, world_size=world, pad=True)
+    size, val_size = (nominal_size(d, cfg.steps_per_epoch, cfg.batch_size, d is splits.train) for d in (splits.train, splits.val))
+    train = EpochSampler(size, cfg.seed, shuffle=True, rank=rank, world_size=world, pad=True)
+    val = EpochSampler(val_size, cfg.seed, shuffle=False, rank=rank, world_size=world, pad=False)
     if cfg.balanced_sampler:  # issue 12
         check_classification(splits.spec.task, "--balanced-sampler")
         train = BalancedEpochSampler(training_labels(splits.train), splits.spec.num_outputs, cfg.seed, rank, world)
-    val = EpochSampler(len(splits.val), cfg.seed, shuffle=False, rank=rank, world_size=world, pad=False)
     return train, val
 
 
@@ -205,10 +214,21 @@ def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: 
                        device=device, seed=cfg.seed)
 
 
+def with_augmentation(cfg: Config, loader: Loader, sampler: EpochSampler, device: torch.device) -> Loader:
+    """issue 13: the training batches augmented on ``device`` as ``--augment`` asks (unchanged when off)."""
+    names = augmentations(cfg.augment)
+    if not names:
+        return loader
+    from ignite_app.data.augment import Augment, AugmentedLoader
+
+    return AugmentedLoader(loader, sampler, cfg.batch_size, Augment(names, cfg.seed), device)  # type: ignore[return-value]
+
+
 def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: Dataset,
                      device: torch.device) -> tuple[Engine, Loader]:
     """An evaluator with the task's metrics and a loader over all of ``data`` in order (``evaluate``)."""
-    loader = make_data_loader(cfg, data, EpochSampler(len(data), cfg.seed, shuffle=False, pad=False), device)
+    size = nominal_size(data, None, cfg.batch_size, train=False)  # issue 13: a stream is read to its end
+    loader = make_data_loader(cfg, data, EpochSampler(size, cfg.seed, shuffle=False, pad=False), device)
     evaluator = build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
                                 metrics=validation_metrics(cfg, spec, device))
     return evaluator, loader
@@ -248,7 +268,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device, compile_model: bool
 
 def sample_batch(splits: Splits, device: torch.device) -> torch.Tensor:
     """Two copies of the first training sample, to check that the model fits the data."""
-    x = torch.as_tensor(splits.train[0][0])
+    x = splits.train.pair(splits.train.first)[0] if isinstance(splits.train, Stream) else torch.as_tensor(splits.train[0][0])
     return x.unsqueeze(0).expand(2, *x.shape).to(device)
 
 
@@ -290,11 +310,22 @@ def attach_checkpointers(run: Run) -> None:
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
-                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None, "monitor": run.monitor,
-                "plateau": run.plateau, "ema": run.ema.ema_model if run.ema is not None else None}
+                "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None,
+                "data_stream": stream_state(run.splits.train, run.cfg),  # issue 13: where a resumable stream is
+                "monitor": run.monitor, "plateau": run.plateau,  # issue 12
+                "ema": run.ema.ema_model if run.ema is not None else None}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)
+
+
+def stream_state(data: Any, cfg: Config) -> Stream | None:
+    """issue 13: a training stream that can save its position (then it must be read in this process), else None."""
+    if not isinstance(data, Stream) or not data.stateful:
+        return None
+    if cfg.num_workers > 0:
+        raise UserError(f"{cfg.dataset}: a resumable IterableDataset is read in this process; use --num-workers 0")
+    return data
 
 
 def score_name(monitor: Monitor) -> str:

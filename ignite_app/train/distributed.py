@@ -20,7 +20,7 @@ from ignite import distributed as idist
 
 from ignite_app.errors import AppError, UserError
 
-STOP_REASONS = ("time-limit", "SIGINT", "SIGTERM")  # agreement takes the last one any rank saw
+STOP_REASONS = ("time-limit", "SIGUSR2", "SIGUSR1", "SIGINT", "SIGTERM")  # agreement takes the last one any rank saw
 OTHER_RANKS = "other_ranks"  # key of ranks 1..N-1 in a per-rank checkpoint entry
 
 

@@ -126,17 +126,19 @@ def attach_epoch_summary(trainer: Engine, evaluator: Engine, write: Callable[[st
 
 
 class StopSignal:
-    """SIGTERM and SIGINT only set a flag; a second Ctrl-C exits at once. Also a wall-clock limit."""
+    """SIGTERM, SIGINT and the --requeue-signal only set a flag; a second Ctrl-C exits at once. Also a wall-clock limit."""
 
-    def __init__(self, time_limit: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, time_limit: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 requeue_signal: int | None = None) -> None:
         self.signum: int | None = None
+        self.signals = (signal.SIGTERM, signal.SIGINT) + ((signal.Signals(requeue_signal),) if requeue_signal else ())
         self.clock = clock
         self.deadline = None if time_limit is None else clock() + time_limit
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Take over SIGTERM and SIGINT (main thread only)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        """Take over SIGTERM, SIGINT and the requeue signal, if any (main thread only)."""
+        for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def uninstall(self) -> None:
@@ -153,7 +155,7 @@ class StopSignal:
             self.signum = signum
 
     def reason(self) -> str | None:
-        """``"SIGTERM"``, ``"SIGINT"``, ``"time-limit"`` or None."""
+        """``"SIGTERM"``, ``"SIGINT"``, the requeue signal's name (``"SIGUSR1"``), ``"time-limit"`` or None."""
         if self.signum is not None:
             return signal.Signals(self.signum).name
         if self.deadline is not None and self.clock() >= self.deadline:

@@ -16,7 +16,9 @@ from ignite import distributed as idist
 
 from ignite_app.config import Config
 from ignite_app.errors import AppError, UserError
+from ignite_app.train.autoresume import follow_rank_zero
 from ignite_app.train.distributed import QuietPeerFailure, from_rank_zero, ignore_teardown_sigterm
+from ignite_app.train.elastic import join_process_group, report_broken_group
 from ignite_app.train.loop import train
 
 TIMEOUT_ENV = "IGNITE_APP_DIST_TIMEOUT"  # seconds any collective may wait for the other processes
@@ -71,7 +73,7 @@ def launch(resolve: Callable[[], Config], claim: Callable[[Config], Config]) -> 
         if _launcher_rank() == 0:
             raise
         return exc.exit_code  # the same flags fail the same way on rank 0, which reports it
-    idist.initialize(backend, timeout=timeout)
+    join_process_group(backend, timeout)  # issue 17: each torchrun attempt in its own store keys
     try:
         return _as_rank(lambda: _train_as_rank(cfg, claim))
     finally:
@@ -83,10 +85,12 @@ def _launcher_rank() -> int:
 
 
 def _train_as_rank(cfg: Config, claim: Callable[[Config], Config]) -> int:
-    cfg = cfg.replace(output_dir=from_rank_zero(lambda: str(claim(cfg).output_dir)))
-    code = train(cfg)
-    ignore_teardown_sigterm()
-    idist.barrier()  # leave together: torchrun tears the job down as soon as one rank exits non-zero
+    with report_broken_group():  # issue 17: a dead or hung peer is one line, and torchrun restarts the job
+        cfg = follow_rank_zero(cfg)  # issue 17: one decision to resume or start (--resume auto), rank 0's
+        cfg = cfg.replace(output_dir=from_rank_zero(lambda: str(claim(cfg).output_dir)))
+        code = train(cfg)
+        ignore_teardown_sigterm()
+        idist.barrier()  # leave together: torchrun tears the job down as soon as one rank exits non-zero
     return code
 
 

@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
 from ignite_app.config import Config, save_yaml
-from ignite_app.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
+from ignite_app.data.streams import size_text
+from ignite_app.errors import EXIT_OK
+from ignite_app.models.normalize import model_name
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
 from ignite_app.train.handlers import StopSignal, attach_stop
 from ignite_app.train.metrics import attach_table_logging
+from ignite_app.train.requeue import requeue_after_stop, requeue_signal_number, stop_exit_code
 from ignite_app.train.resume import Resumed, clean_stale_saves, restore
+from ignite_app.train.trackers import start_trackers
 from ignite_app.train.tblog import (
     TensorboardLogger, attach_epoch_stats, attach_tensorboard, log_config, log_hparams, open_tensorboard,
 )
 
 
-def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
-    """Train as ``cfg`` says; returns the process exit code."""
+def train(cfg: Config, echo: Echo = print, warn: Echo | None = None, prepare: Callable[[Run], None] | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code.
+
+    ``prepare(run)`` runs once the run is open, before training: ``tune`` attaches its pruning there.
+    """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     if idist.get_rank() != 0:  # only rank 0 prints
         echo = warn = _silent
@@ -36,13 +44,17 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
         resumed.apply()  # before anything on disk changes: a part that does not load leaves the run untouched
         if run.is_writer:
             clean_stale_saves(run, resumed, warn)
-    stop = StopSignal(cfg.time_limit)
+    stop = StopSignal(cfg.time_limit, requeue_signal=requeue_signal_number(cfg))  # issue 17: + --requeue-signal
     stop.install()
     try:
-        open_run(run, stop, echo, resumed)
+        open_run(run, stop, echo, resumed, warn)
+        if prepare is not None:  # issue 14: after open_run, so its handlers follow the epoch-end checkpoint
+            prepare(run)
         run.trainer.run(run.train_loader, max_epochs=cfg.epochs, epoch_length=run.epoch_length)
         if run.tb_logger is not None and run.evaluator.state.metrics:
             log_hparams(run.tb_logger, cfg, final_metrics(run), run.trainer.state.iteration)
+            if run.trackers is not None:  # issue 14
+                run.trackers.log_final(final_metrics(run), run.trainer.state.iteration)
     finally:
         try:
             close_run(run)  # waits for checkpoint writes in flight: a second Ctrl-C must still exit at once
@@ -51,11 +63,14 @@ def train(cfg: Config, echo: Echo = print, warn: Echo | None = None) -> int:
     return finish(run, stop, echo)
 
 
-def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None) -> None:
+def open_run(run: Run, stop: StopSignal, echo: Echo, resumed: Resumed | None = None, warn: Echo | None = None) -> None:
     """Write the run directory, open TensorBoard, attach checkpointing: then ``run.trainer.run`` trains.
 
     ``train`` calls it between building and running; scripts/bench.py too, to time exactly this run.
     """
+    with fail_together():  # issue 14: first, so that a tracker that cannot be reached stops every rank, writing nothing
+        if run.is_writer:
+            run.trackers = start_trackers(run.cfg, run.run_dir, run.trainer, run.evaluator, run.optimizer, warn or _stderr)
     if run.is_writer:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(run.cfg, run.run_dir / "config.yaml")
@@ -72,6 +87,8 @@ def close_run(run: Run) -> None:
     finally:
         if run.tb_logger is not None:
             run.tb_logger.close()
+        if run.trackers is not None:  # issue 14: after the saver, so the best checkpoint is whole on disk
+            run.trackers.close(ckpt.best_checkpoint(run.run_dir))
 
 
 def start_tensorboard(run: Run, resumed: Resumed | None) -> TensorboardLogger:
@@ -99,6 +116,10 @@ def final_metrics(run: Run) -> dict[str, float]:
 
 def _silent(msg: str) -> None:
     pass
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
@@ -142,8 +163,8 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     spec = run.splits.spec
     world = idist.get_world_size()
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
-    echo(f"{spec.task} on {run.cfg.dataset}: {len(run.splits.train)} train / {len(run.splits.val)} val samples, "
-         f"model {type(run.to_save['model']).__name__}, device {run.device}, {batch}, processes {world}")
+    echo(f"{spec.task} on {run.cfg.dataset}: {size_text(run.splits.train)} train / {size_text(run.splits.val)} val samples, "
+         f"model {model_name(run.to_save['model'])}, device {run.device}, {batch}, processes {world}")
     if run.init_report is not None:  # issue 12
         echo(run.init_report.line())
     if resumed is not None and resumed.state:
@@ -155,13 +176,14 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
     """Report how the run ended and return its exit code."""
     state = run.trainer.state
     reason = agreed_stop_reason(stop.reason())
-    last = ckpt.train_checkpoints(run.run_dir)
-    where = f"; checkpoint {last[0]}" if last else ""
+    last = run.train_checkpoint.last_checkpoint if run.train_checkpoint is not None else None
+    where = f"; checkpoint {run.run_dir / ckpt.CHECKPOINT_DIR / last}" if last else ""  # this run's, not any newer file
     if reason is not None:
         if run.is_writer:
             echo(f"stopped by {reason} at iteration {state.iteration} (epoch {state.epoch}){where}; "
                  f"continue with: ignite-app train --resume {run.run_dir}")
-        return {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT}.get(reason, EXIT_OK)
+            requeue_after_stop(run.cfg, reason, echo)  # issue 17: the checkpoint is on disk (close_run waited for it)
+        return stop_exit_code(reason)
     if run.is_writer:
         if run.stopper is not None and run.stopper.counter >= run.cfg.patience:
             what = "validation loss" if run.cfg.monitor == "val/loss" else run.cfg.monitor

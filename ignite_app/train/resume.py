@@ -85,10 +85,13 @@ def clean_stale_saves(run: Run, resumed: Resumed, warn: Echo) -> None:
     """Once a checkpoint is accepted and loaded (rank 0), remove what interrupted saves left behind.
 
     That is the temporary files of saves that never finished, and files that had left the kept set
-    when the accepted checkpoint was written (a kill came before their deferred removal).
+    when the accepted checkpoint was written (a kill came before their deferred removal). Checkpoints
+    newer than the accepted one (a deliberate roll-back) are moved aside, never deleted.
     """
     for stale in ckpt.clean_temporaries(run.run_dir):
         warn(f"removed stale temporary file {stale}")
+    for moved in ckpt.set_aside_newer(run.run_dir, resumed.purge_step - 1):
+        warn(f"moved {moved.name} to {moved.parent}: it is newer than {resumed.path.name}, which this run continues from")
     kept = {name for handler in (run.train_checkpoint, run.best_checkpoint) for _, name in handler.state_dict()["_saved"]}
     for path in ckpt.remove_evicted(run.run_dir, kept, upto=resumed.purge_step - 1):
         warn(f"removed {path}: it had left the kept set (--n-saved) before a kill interrupted its removal")
@@ -96,7 +99,7 @@ def clean_stale_saves(run: Run, resumed: Resumed, warn: Echo) -> None:
 
 def verify_for_run(run: Run, path: Path) -> Resumed:
     """Load ``path`` safely and check every part against the live objects."""
-    state = ckpt.read_checkpoint(path, require_checksum=False)
+    state = ckpt.read_checkpoint(path, require_checksum=False, max_bytes=ckpt.size_bound(run.raw_model))
     ckpt.require_keys(state, ckpt.REQUIRED_KEYS, path)
     ckpt.check_model_state(run.to_save["model"], state["model"], path)
     ckpt.check_optimizer_state(run.optimizer, state["optimizer"], path)

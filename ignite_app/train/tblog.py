@@ -14,6 +14,7 @@ from ignite.handlers import global_step_from_engine
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 
 from ignite_app.config import Config
+from ignite_app.io.events import event_write_error, write_synchronously
 from ignite_app.io.paths import HPARAMS_DIR
 
 
@@ -22,7 +23,9 @@ def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> Tensorboar
     # tensorboardX names event files by the second and opens them with "wb": a resume within the same
     # second would overwrite the earlier file. A nanosecond suffix keeps names unique and in creation order.
     suffix = f".{time.time_ns()}"
-    return TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
+    tb = TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
+    write_synchronously(tb.writer)  # every event on disk before a checkpoint; a dead disk is an error, not a hang
+    return tb
 
 
 def attach_tensorboard(
@@ -91,7 +94,10 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     values["model_args"] = str(values["model_args"])  # issue 12: HParams takes scalars only
     values["metrics"] = ",".join(values["metrics"])
     values["class_weights"] = str(values["class_weights"])
-    tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
+    try:
+        tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
+    except OSError as exc:
+        raise event_write_error(exc, folder) from None
 
 
 def attach_progress_bar(trainer: Engine, every: int) -> Any:

@@ -362,7 +362,7 @@ def test_signal_at_an_exact_iteration_with_mixed_precision_resumes_exactly(digit
     if "--grad-accum" in options:
         assert saved["grads"], "gradients of the unfinished accumulation window must be saved"
     assert ("scaler" in saved) == ("fp16" in options)
-    done = run_train(*resume_args(run), cwd=models_dir)
+    done = run_train(*resume_args(run, "--trust-config"), cwd=models_dir)  # its config names our models module
     assert done.returncode == 0, done.stderr
     assert_same_run(run, reference, first.stdout, done.stdout)
 
@@ -472,3 +472,37 @@ def test_resume_refuses_every_hostile_or_broken_checkpoint_and_changes_nothing(d
     for iteration, (_, _, reason) in cases.items():
         assert reason in reasons[f"checkpoint_{iteration}.pt"], reasons
     assert file_digests(run) == before, "a refused resume must not change the run directory"
+
+
+# --- issue 15: kills at random instants --------------------------------------------------------------
+
+
+def test_sigkill_at_random_instants_then_resume_until_done_is_exact(digits, reference, tmp_path):
+    """Ten or more SIGKILLs at random moments (start-up, mid-epoch, inside slowed saves, right after them),
+    each followed by ``--resume``; the finished run equals the uninterrupted one, every scalar included."""
+    import random
+
+    rng = random.Random(15)
+    run = tmp_path / "run"
+    outputs, kills, args = [], 0, base_args(digits, run)
+    while True:
+        proc = start_train(*args, TEST_FAULT="slow-save:0.3")
+        try:
+            proc.wait(timeout=rng.uniform(0.2, 4.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            outputs.append(out)
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        outputs.append(out)
+        kills += 1
+        args = resume_args(run) if (run / "config.yaml").exists() else base_args(digits, run)
+        if kills >= 10:
+            done = run_train(*args)  # no more kills: finish
+            assert done.returncode == 0, done.stderr
+            outputs.append(done.stdout)
+            break
+    assert kills >= 10, f"the run finished after {kills} kills; it should take longer than the kill delays"
+    assert_same_run(run, reference, *outputs)

@@ -1,0 +1,100 @@
+"""TensorBoard event files that are on disk when a checkpoint is, and that never hang a run.
+
+tensorboardX hands each event to a worker thread through a bounded queue. Its ``flush()`` writes
+what that thread has written so far, not what still waits in the queue, so a kill right after a
+checkpoint could lose the events the checkpoint covers; and when the thread dies (a full disk),
+the next ``add_scalar`` blocks forever on the full queue, deaf to signals. :func:`write_synchronously`
+replaces the queue and the thread with :class:`SyncEventWriter`: each event is written on the
+calling thread, and a failed write is one error (exit code 4) instead of a hang.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ignite_app.errors import EventWriteError
+from ignite_app.io.atomic import fsync_dir, is_disk_full
+
+
+class SyncEventWriter:
+    """Stands in for an ``EventFileWriter``'s queue, worker thread and events writer; writes on the caller's thread.
+
+    ``flush`` writes, flushes and fsyncs the event file (tensorboardX's RecordWriter fsyncs on flush), then
+    fsyncs its folder. After a failed write it writes nothing more: the file keeps every whole event before it.
+    """
+
+    def __init__(self, events_writer: Any, folder: Path, flush_secs: float) -> None:
+        self._inner = events_writer  # tensorboardX's EventsWriter: the file itself
+        self._folder = Path(folder)
+        self._flush_secs = flush_secs
+        self._next_flush = time.monotonic() + flush_secs
+        self._failed = False
+        self._closed = False
+
+    def put(self, event: Any, *args: Any, **kwargs: Any) -> None:
+        """What ``add_event`` calls: write the event now; let a viewer see it every ``flush_secs``."""
+        self.write_event(event)
+        if time.monotonic() >= self._next_flush:
+            self._guarded(lambda: self._inner._py_recordio_writer._writer.flush())  # visible, not yet fsynced
+            self._next_flush = time.monotonic() + self._flush_secs
+
+    def write_event(self, event: Any) -> None:
+        """Append one event to the file (buffered)."""
+        self._guarded(lambda: self._inner.write_event(event))
+
+    def flush(self) -> bool:
+        """Every event written so far is on disk when this returns."""
+        self._guarded(self._inner.flush)
+        if not self._failed:
+            self._guarded(lambda: fsync_dir(self._folder))
+        return True
+
+    def stop(self) -> None:
+        """The worker thread's ``stop``: there is no thread."""
+
+    def close(self) -> None:
+        """Close the file once (called as the queue's and as the writer's ``close``)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._inner.close()
+        except OSError:
+            if not self._failed:
+                raise EventWriteError(f"cannot close the TensorBoard event file in {self._folder}") from None
+
+    def _guarded(self, action: Any) -> None:
+        if self._failed or self._closed:
+            return
+        try:
+            action()
+        except OSError as exc:
+            self._failed = True
+            raise event_write_error(exc, self._folder) from None
+
+
+def event_write_error(exc: OSError, folder: Path) -> EventWriteError:
+    """The one-line error for a failed TensorBoard write."""
+    if is_disk_full(exc):
+        return EventWriteError(f"no space left on device while writing TensorBoard events in {folder}; free some space, "
+                               "then continue with --resume")
+    return EventWriteError(f"cannot write TensorBoard events in {folder} ({exc.strerror or exc}); "
+                           "fix the disk, then continue with --resume")
+
+
+def write_synchronously(summary_writer: Any) -> None:
+    """Make a tensorboardX ``SummaryWriter`` write its events on the calling thread (see the module doc).
+
+    Its worker thread is stopped first, which writes what it had queued (the purge events of a resume).
+    """
+    event_file_writer = summary_writer._get_file_writer().event_writer
+    event_file_writer._worker.stop()
+    sync = SyncEventWriter(event_file_writer._ev_writer, Path(event_file_writer.get_logdir()),
+                           event_file_writer._flush_secs)
+    event_file_writer._event_queue = sync
+    event_file_writer._worker = sync
+    event_file_writer._ev_writer = sync
+    sync.flush()  # the new file's name is durable in its folder from the start
+

@@ -1,0 +1,68 @@
+"""An IterableDataset run stopped by SIGTERM mid-epoch: a stateful stream resumes exactly; a plain one says it restarts."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from conftest import run_train
+from ignite_app.io import checkpoint as ckpt
+from test_image_runs import assert_same_tree
+from unit.test_streams import STREAMS
+
+SIGNAL_MLP = '''
+import os, signal
+from torch import nn
+
+class SignalMLP(nn.Module):
+    """A small MLP with dropout that sends its own process SIGNAL_AT=K:NAME during training step K."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+        at, _, name = os.environ.get("SIGNAL_AT", "").partition(":")
+        self.at, self.name, self.calls = int(at or 0), name, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), getattr(signal, "SIG" + self.name))
+        return self.net(x)
+'''
+
+
+def test_sigterm_mid_epoch_then_resume_of_a_stateful_stream_is_exact(tmp_path):
+    (tmp_path / "streams.py").write_text(STREAMS)
+    (tmp_path / "sigmodels.py").write_text(SIGNAL_MLP)
+    args = ["--dataset", "streams:stateful", "--steps-per-epoch", "4", "--batch-size", "8", "--epochs", "4",
+            "--model", "sigmodels:SignalMLP", "--patience", "0", "--no-progress"]  # 32 items an epoch, 100 a pass
+    ref = run_train(*args, "--output-dir", str(tmp_path / "ref"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    first = run_train(*args, "--output-dir", str(tmp_path / "run"), cwd=tmp_path, SIGNAL_AT="10:TERM")
+    assert first.returncode == 143, first.stderr
+    assert re.search(r"stopped by SIGTERM at iteration 10 \(epoch 3\)", first.stdout), first.stdout
+    saved = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_10.pt", require_checksum=True)
+    assert saved["data_stream"] == {"pos": 80}
+    done = run_train("--resume", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_16.pt", require_checksum=True)
+    want = ckpt.read_checkpoint(tmp_path / "ref" / "checkpoints" / "checkpoint_16.pt", require_checksum=True)
+    got.pop("checkpointer"), want.pop("checkpointer")
+    assert_same_tree(got, want, "checkpoint")
+    assert want["data_stream"] == {"pos": 24}  # a pass of 100 is 12 batches of 8 and one of 4; then 3 batches
+
+
+def test_a_stream_without_state_says_it_restarts(tmp_path):
+    (tmp_path / "streams.py").write_text(STREAMS)
+    (tmp_path / "sigmodels.py").write_text(SIGNAL_MLP)
+    args = ["--dataset", "streams:plain", "--steps-per-epoch", "4", "--batch-size", "8", "--epochs", "3",
+            "--model", "sigmodels:SignalMLP", "--patience", "0", "--no-progress", "--output-dir", str(tmp_path / "run")]
+    first = run_train(*args, cwd=tmp_path, SIGNAL_AT="6:TERM")
+    assert first.returncode == 143, first.stderr
+    assert "data_stream" not in ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_6.pt")
+    done = run_train("--resume", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "streams:plain has no state_dict()/load_state_dict(): the data stream restarts from its beginning" in done.stdout
+    assert torch.load(tmp_path / "run" / "checkpoints" / "checkpoint_12.pt", weights_only=True)["trainer"]["iteration"] == 12
