@@ -12,8 +12,8 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, OPTIMIZERS, REQUEUE_SIGNALS, RESUME_FIXED_KEYS, TASKS,
-    Config, build_config, default_of, default_output_dir, load_yaml, parse_model_args,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, NA_POLICIES, OPTIMIZERS, REQUEUE_SIGNALS,
+    RESUME_FIXED_KEYS, TASKS, Config, build_config, default_of, default_output_dir, file_dataset, load_yaml, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -68,7 +68,6 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="On this signal save at the next iteration and exit; under SLURM (sbatch --signal=USR1@90 --requeue) "
                       "also requeue the job. Pair it with --resume auto."),
     # issue 13: image folders, augmentation on the device, data larger than memory
-    click.option("--val-fraction", type=float, help="Validation share when the data has no val/ split (stratified, fixed seed)." + default_hint("val_fraction")),
     click.option("--image-size", type=int, help="imagefolder: resize the shorter side to N and center-crop to NxN. [default: the first image's shorter side]"),
     click.option("--cache-dir", help="imagefolder: folder of the decoded uint8 cache. [default: PATH/.ignite_app_cache]"),
     click.option("--strict/--no-strict", default=None, help="imagefolder: stop (exit 2) at an unreadable image instead of skipping it."),
@@ -77,6 +76,13 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--target-key", help="package.module:NAME datasets of dict items: the target's key. [default: y, label, labels, target, ...]"),
     click.option("--steps-per-epoch", type=int, help="Batches per epoch of an IterableDataset (package.module:NAME returning one)."),
     click.option("--memory-budget-mb", type=int, help="Array data larger than this is streamed from its file batch by batch. [default: a quarter of the available memory]"),
+    # issue 11: tabular data
+    click.option("--val-fraction", type=float, help="Share of the rows held out for validation (stratified by class, fixed seed)." + default_hint("val_fraction")),
+    click.option("--val-dataset", help="Validate on this file (csv:PATH, npz:PATH or a .csv/.npz path) instead of a share of --dataset."),
+    click.option("--test-dataset", help="Also report the best model's metrics on this file (csv:PATH, npz:PATH or a path) at the end."),
+    click.option("--standardize/--no-standardize", default=None, help="Standardise numeric features and regression targets with training statistics. [default: on]"),
+    click.option("--na", type=click.Choice(NA_POLICIES), help="Missing cells: impute (training median, most frequent word), drop the rows, or error." + default_hint("na")),
+    click.option("--encoding", help="Text encoding of CSV files. [default: UTF-8 (with or without BOM), else Latin-1]"),
     # issue 12: model arguments, metrics and the monitor
     click.option("--model-arg", "model_arg", multiple=True, metavar="NAME=VALUE",
                  help="An argument of --model (repeatable); VALUE is read as YAML: 128, 0.1, true, [64,32], resnet18."),
@@ -313,12 +319,12 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--dataset", help="Evaluate on this dataset instead of the run's (same forms as train --dataset).")
 @click.option("--target", help="CSV target column of --dataset, by name or index. [default: last column]")
-@click.option("--split", type=click.Choice(("val", "train")), default="val", show_default=True,
-              help="Which part of the fixed 80/20 split.")
+@click.option("--split", type=click.Choice(("train", "val", "test", "all")),
+              help="train or val (the run's fixed split), test (its --test-dataset) or all rows. [default: val; all with --dataset]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
 @click.option("--trust-config", is_flag=True, help=TRUST_HELP)
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool,
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str | None, device: str, as_json: bool,
                      trust_config: bool) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
@@ -335,7 +341,8 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
-        result = evaluate(checkpoint, dataset, target, split, device)
+        split_ = split or ("all" if dataset else "val")
+        result = evaluate(checkpoint, file_dataset(dataset) if dataset else None, target, split_, device)
         click.echo(json.dumps({**result.metrics, **result.tables}) if as_json else format_evaluation(result))
         return 0
 

@@ -25,12 +25,14 @@ BUILTIN_DATASETS = ("digits", "synthetic-regression")
 BUILTIN_MODELS = ("auto", "mlp", "cnn")
 TRACKERS = ("tensorboard", "mlflow")  # issue 14: TensorBoard is always on; the others are optional extras
 REQUEUE_SIGNALS = ("USR1", "USR2")  # issue 17: the warning a SLURM job asks for with sbatch --signal=USR1@90
+NA_POLICIES = ("impute", "drop", "error")  # issue 11: missing cells in tabular data
 
 # Keys that fix what a run computes: changing them on resume would silently break it.
 RESUME_FIXED_KEYS = (
     "dataset", "target", "task", "model", "batch_size", "lr", "optimizer", "weight_decay",
     "lr_schedule", "seed", "amp", "grad_accum", "clip_grad_norm", "in_memory",
-    "val_fraction", "image_size", "augment", "steps_per_epoch",  # issue 13
+    "val_fraction", "val_dataset", "standardize", "na", "encoding",  # issue 11: they change the data
+    "image_size", "augment", "steps_per_epoch",  # issue 13
 )
 RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay",
                       "class_weights", "balanced_sampler")  # issue 12
@@ -77,7 +79,6 @@ class Config:
     # issue 17: preemption (SLURM requeue)
     requeue_signal: str | None = None
     # issue 13: image folders, augmentation on the device, data larger than memory
-    val_fraction: float = 0.2
     image_size: int | None = None
     cache_dir: str | None = None
     strict: bool = False
@@ -86,6 +87,14 @@ class Config:
     input_key: str | None = None
     target_key: str | None = None
     steps_per_epoch: int | None = None
+    # issue 11: tabular data (splits, preprocessing, reading files, batch size for small data)
+    val_fraction: float = 0.2
+    val_dataset: str | None = None
+    test_dataset: str | None = None
+    standardize: bool = True
+    na: str = "impute"
+    encoding: str | None = None
+    auto_batch: bool = False  # the command line sets it when --batch-size is not given
     # issue 12: model arguments, metrics and the monitor, schedules, EMA, class imbalance, initial weights
     model_args: tuple[tuple[str, Any], ...] = ()
     metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
@@ -136,6 +145,7 @@ class Config:
         if self.requeue_signal is not None:  # issue 17
             _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
         _check_image_options(self)  # issue 13
+        _check_tabular(self)
         _check_models_and_metrics(self)  # issue 12
 
     @property
@@ -187,6 +197,7 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
         )
     if isinstance(merged.get("time_limit"), str):
         merged["time_limit"] = parse_duration(merged["time_limit"])
+    _tabular_defaults(merged, {key.replace("-", "_") for key in flag_values})
     if isinstance(merged.get("target"), int) and not isinstance(merged["target"], bool):
         merged["target"] = str(merged["target"])  # YAML reads `target: 0` as a number: a column index
     for key, kind in _NUMERIC_KEYS.items():
@@ -309,6 +320,45 @@ def _check_trackers(cfg: Config) -> None:
         raise UserError(f"invalid --tracker {unknown[0]!r}: choose from {', '.join(TRACKERS)}, comma-separated")
 
 
+def _tabular_defaults(merged: dict[str, Any], flags: set[str]) -> None:
+    """A batch size picked for small data unless one was given; --val-dataset/--test-dataset may be bare file paths."""
+    if "batch_size" in flags:
+        merged["auto_batch"] = False
+    merged.setdefault("auto_batch", "batch_size" not in merged)
+    for key in ("val_dataset", "test_dataset"):
+        if isinstance(merged.get(key), str):
+            merged[key] = file_dataset(merged[key])
+
+
+def file_dataset(value: str) -> str:
+    """``data.csv``, ``data.csv.gz`` or ``data.npz`` as ``csv:data.csv`` ...; anything else unchanged."""
+    lower = value.lower()
+    if lower.endswith((".csv", ".csv.gz")) and not value.startswith("csv:"):
+        return "csv:" + value
+    if lower.endswith(".npz") and not value.startswith("npz:"):
+        return "npz:" + value
+    return value
+
+
+def _check_tabular(cfg: Config) -> None:
+    """The options of tabular data (issue 11)."""
+    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool) and 0 < cfg.val_fraction < 1
+    if not ok:
+        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    for key in ("val_dataset", "test_dataset"):
+        value = getattr(cfg, key)
+        _check_text(key, value, optional=True)
+        if value is not None and not value.startswith(("csv:", "npz:")):
+            raise UserError(f"invalid {_flag(key)} {value!r}: give a file as csv:PATH or npz:PATH")
+        if value is not None and not (cfg.dataset.startswith(("csv:", "npz:")) or cfg.dataset in BUILTIN_DATASETS):
+            raise UserError(f"{_flag(key)} works with csv:, npz: and built-in datasets, not {cfg.dataset!r}; "
+                            "return the split from your dataset factory instead")
+    _check_choice("na", cfg.na, NA_POLICIES)
+    _check_text("encoding", cfg.encoding, optional=True)
+    for key in ("standardize", "auto_batch"):
+        _check_flag(key, getattr(cfg, key), optional=False)
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"invalid --{name} {_short(value)}: choose one of {', '.join(choices)}")
@@ -358,6 +408,19 @@ def _check_model(value: Any) -> None:
         raise UserError(f"invalid --model {_short(value)}: use mlp, cnn or package.module:ClassName")
 
 
+DATA_PREFIXES = ("csv:", "npz:", "npy:", "imagefolder:")  # --dataset values that name files, not code
+
+
+def names_code(value: str) -> bool:
+    """Whether a --model or --dataset value names code to import (``package.module:NAME``), not a file or a built-in.
+
+    The built-in models (``ignite_app.models:NAME``) are part of this package, not someone else's code.
+    """
+    if value.startswith(DATA_PREFIXES) or value.startswith("ignite_app.models:"):
+        return False
+    return _is_import_path(value)
+
+
 def _is_import_path(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value) is not None
 
@@ -398,10 +461,7 @@ def augmentations(value: str) -> tuple[str, ...]:
 
 
 def _check_image_options(cfg: Config) -> None:
-    """issue 13: --val-fraction, --image-size, --augment, --cache-dir, --strict, --memory-budget-mb."""
-    ok = isinstance(cfg.val_fraction, (int, float)) and not isinstance(cfg.val_fraction, bool)
-    if not ok or not 0 < cfg.val_fraction < 1:
-        raise UserError(f"invalid --val-fraction {cfg.val_fraction!r}: expected a number between 0 and 1, e.g. 0.2")
+    """issue 13: --image-size, --augment, --cache-dir, --strict, --memory-budget-mb (--val-fraction: _check_tabular)."""
     if cfg.image_size is not None:
         _check_number("image-size", cfg.image_size, minimum=4)
     for name in ("memory_budget_mb", "steps_per_epoch"):

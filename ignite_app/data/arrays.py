@@ -158,7 +158,7 @@ def load_npy_splits(cfg: Config, warn: Callable[[str], None] | None = None) -> S
     spec = DataSpec(task, tuple(x.shape[1:]), outputs)
     if x.dtype == np.uint8 and x.ndim == 4:  # images as stored pixels: normalised inside the model, like imagefolder
         mean, std = channel_stats(train)
-        return PixelSplits(train, val, spec, mean, std)
+        return PixelSplits(train, val, spec, pixel_mean=mean, pixel_std=std)
     if cfg.augment != "off":
         raise UserError(f"{cfg.dataset}: --augment needs uint8 images in x.npy, shaped (samples, channels, height, width)")
     return Splits(train, val, spec)
@@ -168,8 +168,8 @@ def load_npy_splits(cfg: Config, warn: Callable[[str], None] | None = None) -> S
 class PixelSplits(Splits):
     """:class:`Splits` of uint8 (N, C, H, W) pixels, with the training split's per-channel mean and std in [0, 1]."""
 
-    pixel_mean: torch.Tensor
-    pixel_std: torch.Tensor
+    pixel_mean: torch.Tensor | None = None  # defaults only because Splits' last fields have them; always set
+    pixel_std: torch.Tensor | None = None
 
 
 def _open_inputs(path: Path) -> np.ndarray:

@@ -206,7 +206,7 @@ def file_crc32(path: Path) -> int:
 class ImageSplits(PixelSplits):
     """:class:`PixelSplits` of an image folder, with its class names."""
 
-    classes: tuple[str, ...]
+    classes: tuple[str, ...] = ()
 
 
 def load_image_splits(cfg: Config) -> Splits:
@@ -226,4 +226,4 @@ def load_image_splits(cfg: Config) -> Splits:
     val = array_dataset(cache.path, val_rows, labels[val_rows], fits)
     mean, std = channel_stats(train)
     spec = DataSpec("classification", tuple(cache.shape[1:]), len(scan.classes))
-    return ImageSplits(train, val, spec, mean, std, scan.classes)
+    return ImageSplits(train, val, spec, pixel_mean=mean, pixel_std=std, classes=scan.classes)

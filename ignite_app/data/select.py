@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from ignite_app.config import Config
 from ignite_app.data import sources
+from ignite_app.data.preprocess import Preprocessor
 from ignite_app.data.sources import Splits
 from ignite_app.errors import UserError
 
 
-def load_splits(cfg: Config) -> Splits:
-    """Build the train and validation data that ``cfg.dataset`` names."""
+def load_splits(cfg: Config, preprocess: Preprocessor | None = None) -> Splits:
+    """Build the train and validation data that ``cfg.dataset`` names (tabular data preprocessed as ``preprocess`` says)."""
     new_source = cfg.dataset.startswith(("imagefolder:", "npy:"))
     if new_source and cfg.target is not None:
         raise UserError(f"--target only applies to csv: datasets, not {cfg.dataset!r}; remove it")
@@ -25,4 +26,4 @@ def load_splits(cfg: Config) -> Splits:
         from ignite_app.data.arrays import load_npy_splits
 
         return load_npy_splits(cfg)
-    return sources.load_splits(cfg)
+    return sources.load_splits(cfg, preprocess)

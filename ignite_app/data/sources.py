@@ -6,7 +6,6 @@ Every source ends as a :class:`Splits`: a train and a validation dataset plus a
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,16 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from ignite_app.config import Config
-from ignite_app.errors import UserError
+from ignite_app.data.preprocess import (
+    Preprocessor, RawRows, class_names, feature_rows, fit, handle_missing, infer_task, label_codes, label_name,
+    labels_only, rows_from_arrays, rows_from_table,
+)
+from ignite_app.data.splits import SPLIT_SEED, stratified_split
 from ignite_app.data.items import pair_items
 from ignite_app.data.streams import Stream
+from ignite_app.data.tabular import read_table
+from ignite_app.errors import UserError
 from ignite_app.imports import import_object
-from ignite_app.io.safefile import require_utf8
-
-SPLIT_SEED = 0  # the train/validation split is fixed, whatever --seed says
-VAL_FRACTION = 0.2
-MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class Splits:
     train: Dataset
     val: Dataset
     spec: DataSpec
+    preprocess: Preprocessor | None = None  # learned on the training rows; None for the user's own datasets
+    test: Dataset | None = None  # --test-dataset
+    notes: tuple[str, ...] = ()  # what reading the data decided, worth a line each
 
 
 class ArrayDataset(Dataset):
@@ -74,73 +77,103 @@ def collate_batch(batch: Any) -> Any:
     return batch
 
 
-def load_splits(cfg: Config) -> Splits:
-    """Build the train and validation data that ``cfg.dataset`` names."""
+def load_splits(cfg: Config, preprocess: Preprocessor | None = None) -> Splits:
+    """Build the train and validation data that ``cfg.dataset`` names.
+
+    Files and built-in data are preprocessed as :mod:`ignite_app.data.preprocess` learns on their
+    training rows, or with ``preprocess`` (a trained model's) when given.
+    """
     name = cfg.dataset
     if cfg.target is not None and not name.startswith("csv:"):
         raise UserError(f"--target only applies to csv: datasets, not {name!r}; remove it")
+    if name in ("digits", "synthetic-regression") or name.startswith(("csv:", "npz:")):
+        return _array_splits(cfg, preprocess)
+    return _user_splits(name, cfg.task, (cfg.input_key, cfg.target_key))
+
+
+def _array_splits(cfg: Config, stored: Preprocessor | None) -> Splits:
+    """Rows read, cleaned, split (stratified for classes), preprocessed as learned on the training rows."""
+    name, notes = cfg.dataset, []
+    rows, source = _read_rows(name, cfg, notes, stored)
+    rows = handle_missing(rows, cfg.na if stored is None else stored.na, name, notes, source.get("line", lambda r: r + 1))
+    if len(rows) < 2:
+        raise UserError(f"dataset {name!r} has {len(rows)} sample(s); it needs at least 2 to split train/validation")
+    task = stored.task if stored else infer_task(rows.target, cfg.task, name)
+    classes = stored.classes if stored else (class_names(rows.target, name) if task == "classification" else [])
+    codes = label_codes(rows.target, classes, name) if task == "classification" else None
+    if cfg.val_dataset:
+        train_idx, val_idx = np.arange(len(rows)), None
+    else:
+        train_idx, val_idx = stratified_split(codes if source.get("stratify", True) else None, len(rows), cfg.val_fraction)
+    pre = stored or fit(rows.take(train_idx), task, classes, kind=source["kind"], standardize=cfg.standardize, na=cfg.na,
+                        columns=source.get("columns"), header=source.get("header", True), scale=source.get("scale"))
+    train = _preprocessed(pre, rows.take(train_idx), name)
+    val = _preprocessed(pre, rows.take(val_idx), name) if val_idx is not None else _other_file(cfg.val_dataset, cfg, pre, notes)
+    test = _other_file(cfg.test_dataset, cfg, pre, notes) if cfg.test_dataset else None
+    outputs = len(classes) if task == "classification" else int(train.y.shape[1])
+    spec = DataSpec(task=task, input_shape=pre.input_shape, num_outputs=outputs)
+    return Splits(train, val, spec, preprocess=pre, test=test, notes=tuple(notes))
+
+
+def _read_rows(name: str, cfg: Config, notes: list[str], pre: Preprocessor | None) -> tuple[RawRows, dict[str, Any]]:
+    """The rows of a built-in dataset or a file, with what ``fit`` needs to know of their source."""
     if name == "digits":
         x, y = _digits()
-    elif name == "synthetic-regression":
-        x, y = _synthetic_regression()
-    elif name.startswith("csv:"):
-        x, y = _read_csv(Path(name[4:]), cfg.target)
-    elif name.startswith("npz:"):
-        x, y = _read_npz(Path(name[4:]))
+        # pixels 0..16: one stored step, x / 16; the classes are balanced and the split stays the one the README reports
+        return rows_from_arrays(x, y), {"kind": "array", "scale": 16.0, "stratify": False}
+    if name == "synthetic-regression":
+        return rows_from_arrays(*_synthetic_regression()), {"kind": "array"}
+    if name.startswith("npz:"):
+        return _aligned(rows_from_arrays(*_read_npz(Path(name[4:]))), pre, name), {"kind": "array"}
+    table = read_table(Path(name[4:]), "csv:", cfg.encoding)
+    notes.extend(table.notes)
+    if pre is not None and pre.kind == "table":
+        target = cfg.target or (",".join(pre.target_names) if table.header and pre.header else None)
+        rows, targets = feature_rows(table, pre, target, f"dataset {name!r}"), rows_from_table(table, target)
+        rows.target, rows.target_names = targets.target, targets.target_names
     else:
-        return _user_splits(name, cfg.task, (cfg.input_key, cfg.target_key))
-    return _array_splits(x, y, cfg.task, name)
+        rows = _aligned(rows_from_table(table, cfg.target), pre, name)
+    return rows, {"kind": "table", "columns": table.names, "header": table.header, "line": table.line}
 
 
-def _array_splits(x: np.ndarray, y: np.ndarray, task: str, name: str) -> Splits:
-    if len(x) < 2:
-        raise UserError(f"dataset {name!r} has {len(x)} sample(s); it needs at least 2 to split train/validation")
-    if not np.isfinite(x).all():
-        raise UserError(f"dataset {name!r} has NaN or infinite inputs; clean the data")
-    task = _infer_task(y, task, name)
-    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    yt, outputs = _targets(y, task, name)
-    perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_val = max(1, int(round(len(xt) * VAL_FRACTION)))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    spec = DataSpec(task=task, input_shape=tuple(xt.shape[1:]), num_outputs=outputs)
-    return Splits(ArrayDataset(xt[train_idx], yt[train_idx]), ArrayDataset(xt[val_idx], yt[val_idx]), spec)
+def _aligned(rows: RawRows, pre: Preprocessor | None, name: str) -> RawRows:
+    """Array rows shaped as a trained model's samples (a flat CSV row for image samples, and so on)."""
+    if pre is None:
+        return rows
+    if rows.text.size and pre.kind != "table":
+        raise UserError(f"dataset {name!r} has text columns ({', '.join(rows.text_names)}), but the model takes numbers only")
+    if pre.text_names and not rows.text.size:
+        raise UserError(f"dataset {name!r} has no text columns, but the model was trained on {', '.join(pre.text_names)}; "
+                        "give a CSV file with the training columns")
+    size = int(np.prod(pre.sample_shape))
+    if int(np.prod(rows.numeric.shape[1:])) != size:
+        raise UserError(f"dataset {name!r} has samples of shape {tuple(rows.numeric.shape[1:])}, but the model takes "
+                        f"{tuple(pre.sample_shape)}; use data with the features the model was trained on")
+    rows.numeric = rows.numeric.reshape(len(rows), *pre.sample_shape)
+    return rows
 
 
-def _infer_task(y: np.ndarray, task: str, name: str) -> str:
-    integral = y.ndim == 1 and np.issubdtype(y.dtype, np.number) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
-    if task == "classification":
-        if not integral or y.min() < 0:
-            raise UserError(
-                f"dataset {name!r}: --task classification needs one non-negative integer label per sample; "
-                "use --task regression for real-valued targets"
-            )
-        return task
-    if task == "regression":
-        return task
-    few = integral and len(np.unique(y)) <= min(MAX_CLASSES, max(2, len(y) // 5)) and y.min() >= 0
-    return "classification" if few else "regression"
+def _preprocessed(pre: Preprocessor, rows: RawRows, name: str) -> ArrayDataset:
+    """An in-memory dataset of the preprocessed rows (computed once here, never per batch)."""
+    return ArrayDataset(pre.inputs(rows, f"dataset {name!r}"), pre.targets(rows, name))
 
 
-def _targets(y: np.ndarray, task: str, name: str) -> tuple[torch.Tensor, int]:
-    if task == "classification":
-        check_label_range(y, name)
-        labels = torch.as_tensor(y.astype(np.int64))
-        classes = int(labels.max()) + 1
-        if classes < 2:
-            raise UserError(f"dataset {name!r} has a single class; classification needs at least 2")
-        return labels, classes
-    values = torch.as_tensor(y.astype(np.float32))
-    if values.ndim == 1:
-        values = values.unsqueeze(1)  # (N,) -> (N, 1) to match the model's (N, 1) output
-    if not torch.isfinite(values).all():
-        raise UserError(f"dataset {name!r} has NaN or infinite targets; clean the data")
-    return values, int(values.shape[1])
+def _other_file(name: str, cfg: Config, pre: Preprocessor, notes: list[str]) -> ArrayDataset:
+    """--val-dataset or --test-dataset: every row, preprocessed as the training rows were."""
+    rows, source = _read_rows(name, cfg.replace(target=cfg.target if name.startswith("csv:") else None), notes, pre)
+    rows = handle_missing(rows, pre.na, name, notes, source.get("line", lambda r: r + 1))
+    if len(rows) == 0:
+        raise UserError(f"dataset {name!r} has no rows left to use; give it some")
+    data = _preprocessed(pre, rows, name)
+    if tuple(data.x.shape[1:]) != pre.input_shape:
+        raise UserError(f"dataset {name!r} has samples of shape {tuple(data.x.shape[1:])}, but the training data has "
+                        f"{pre.input_shape}; give it the training columns")
+    return data
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     table = _digits_table()  # (N, 65): 64 pixel values 0..16, then the label
-    x = (table[:, :-1] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # (N, 64) -> (N, 1, 8, 8)
+    x = table[:, :-1].reshape(-1, 1, 8, 8)  # (N, 64) -> (N, 1, 8, 8); the scaling is a stored preprocessing step
     return x, table[:, -1].astype(np.int64)
 
 
@@ -166,64 +199,6 @@ def _synthetic_regression(n: int = 2000, features: int = 16) -> tuple[np.ndarray
     return x, y.astype(np.float32)
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
-    header, values = read_csv_table(path, "csv:")
-    width = values.shape[1]
-    if width < 2:
-        raise UserError(f"CSV file {str(path)!r} has one column; it needs features and a target column")
-    column = target_column(target, header, width, path)
-    y = values[:, column]
-    x = np.delete(values, column, axis=1).astype(np.float32)
-    return x, y
-
-
-def read_csv_table(path: Path, source: str) -> tuple[list[str] | None, np.ndarray]:
-    """A numeric CSV file as (its header or None, a float64 matrix); ``source`` names the option in errors."""
-    if not path.is_file():
-        raise UserError(f"CSV file {str(path)!r} does not exist; check the path after {source}")
-    require_utf8(path, "CSV file")  # issue 15: one line, not a UnicodeDecodeError, for another encoding
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
-    if not rows:
-        raise UserError(f"CSV file {str(path)!r} is empty; it needs rows of numbers")
-    header = None if _all_numeric(rows[0]) else [c.strip() for c in rows[0]]
-    body = rows[1:] if header else rows
-    width = len(rows[0])
-    values = np.empty((len(body), width), dtype=np.float64)
-    for r, row in enumerate(body):
-        if len(row) != width:
-            raise UserError(f"CSV file {str(path)!r}: row {r + 1 + bool(header)} has {len(row)} columns, expected {width}")
-        for c, cell in enumerate(row):
-            try:
-                values[r, c] = float(cell)
-            except ValueError:
-                raise UserError(
-                    f"CSV file {str(path)!r}: non-numeric value {cell!r} in row {r + 1 + bool(header)}, "
-                    f"column {c + 1}; only numbers are supported"
-                ) from None
-    return header, values
-
-
-def _all_numeric(row: list[str]) -> bool:
-    try:
-        [float(cell) for cell in row]
-    except ValueError:
-        return False
-    return True
-
-
-def target_column(target: str | None, header: list[str] | None, width: int, path: Path) -> int:
-    """The index of the CSV target column: by name, by index, or the last one."""
-    if target is None:
-        return width - 1
-    if header and target in header:
-        return header.index(target)
-    if target.lstrip("-").isdigit() and -width <= int(target) < width:
-        return int(target) % width
-    names = f"columns are {', '.join(header)}" if header else f"use a column index from 0 to {width - 1}"
-    raise UserError(f"--target {target!r} is not a column of {str(path)!r}; {names}")
-
-
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"NPZ file {str(path)!r} does not exist; check the path after npz:")
@@ -247,7 +222,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise UserError(f"NPZ file {str(path)!r}: x has {len(x)} samples but y has {len(y)}; give one target per sample")
     check_npz_arrays(x, y, path)
-    return x.astype(np.float32), y
+    return x, y
 
 
 def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (None, None)) -> Splits:
@@ -266,6 +241,9 @@ def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (No
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
             raise UserError(f"--dataset {path} returned an empty or unsized {label} dataset; return a map-style Dataset")
     x0, y0 = _first_sample(train_ds, path)
+    mapped = _mapped_labels(train_ds, val_ds, torch.as_tensor(x0), y0, task, path)
+    if mapped is not None:
+        return mapped
     spec = _user_spec(train_ds, torch.as_tensor(x0), torch.as_tensor(y0), task, path, val_ds)
     return Splits(train_ds, val_ds, spec)
 
@@ -282,6 +260,62 @@ def _stream_splits(datasets: list[Any], path: str, task: str, keys: tuple[str | 
                             "num_classes attribute (>= 2), since a stream cannot be counted")
         return Splits(train, val, DataSpec("classification", tuple(x0.shape), classes))
     return Splits(train, val, DataSpec("regression", tuple(x0.shape), 1 if y0.ndim == 0 else int(y0.numel())))
+
+
+def _mapped_labels(train_ds: Any, val_ds: Any, x0: torch.Tensor, y0: Any, task: str, path: str) -> Splits | None:
+    """Class labels other than the integers 0..K-1 (words, 0./1./2., -1/+1, 1..K) mapped to 0..K-1, their names kept.
+
+    None when the labels need nothing (0..K-1 integers, a ``num_classes`` attribute, regression targets).
+    """
+    words = isinstance(y0, str)
+    if not words and (not isinstance(y0, (int, float, np.number, torch.Tensor)) or np.ndim(y0) != 0):
+        return None
+    integer = not words and not torch.is_floating_point(torch.as_tensor(y0))
+    if (task == "regression" and not words) or (integer and getattr(train_ds, "num_classes", None)):
+        return None
+    values = np.concatenate([_all_labels(train_ds), _all_labels(val_ds)])
+    name = f"--dataset {path}"
+    if integer and task == "auto":
+        task = "classification"  # whole-number labels from a factory always meant classes
+    if infer_task(values, task, name) != "classification":
+        return None
+    classes = class_names(values, name)
+    if integer and classes == [str(k) for k in range(len(classes))]:
+        return None  # already 0..K-1
+    index = {c: k for k, c in enumerate(classes)}
+    train, val = (_relabelled(ds, index, name) for ds in (train_ds, val_ds))
+    spec = DataSpec("classification", tuple(x0.shape), len(classes))
+    return Splits(train, val, spec, preprocess=labels_only(list(x0.shape), classes))
+
+
+def _all_labels(ds: Any) -> np.ndarray:
+    """Every label of a dataset (words as an object array)."""
+    if isinstance(ds, ArrayDataset):
+        return ds.y.numpy()
+    labels = [ds[i][1] for i in range(len(ds))]
+    if any(isinstance(v, str) for v in labels):
+        return np.array([str(v) for v in labels], dtype=object)
+    return np.array([float(v) for v in labels])
+
+
+def _relabelled(ds: Any, index: dict[str, int], name: str) -> Any:
+    if isinstance(ds, ArrayDataset):
+        return ArrayDataset(ds.x, torch.as_tensor(label_codes(ds.y.numpy(), list(index), name)))
+    return RelabelledDataset(ds, index)
+
+
+class RelabelledDataset(Dataset):
+    """The user's dataset with each label replaced by its class index."""
+
+    def __init__(self, dataset: Any, index: dict[str, int]) -> None:
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        x, y = self.dataset[i]
+        return x, torch.tensor(self.index[label_name(y if isinstance(y, str) else float(y))])
 
 
 def _as_array_dataset(ds: Any) -> Any:
@@ -322,14 +356,6 @@ def _count_classes(ds: Any) -> int:
 # issue 15: labels and arrays checked when the data is loaded, before the run directory is written
 
 MAX_LABEL = 100_000  # class labels run 0..MAX_LABEL-1: the model's output layer has one unit per class
-
-
-def check_label_range(y: np.ndarray, name: str) -> None:
-    """Classification labels must be integers from 0 to MAX_LABEL - 1 (a label of 3e9 would allocate terabytes)."""
-    if len(y) and (y.min() < 0 or y.max() >= MAX_LABEL):
-        bad = y.min() if y.min() < 0 else y.max()
-        raise UserError(f"dataset {name!r} has the class label {bad:.6g}; labels must run from 0 to {MAX_LABEL - 1}: "
-                        "renumber the classes, or use --task regression")
 
 
 def check_user_labels(train: Any, val: Any, classes: int, path: str) -> None:

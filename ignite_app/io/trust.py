@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ignite_app.config import Config
+from ignite_app.config import Config, names_code
 from ignite_app.errors import UserError
 
 TRUST_FLAG = "--trust-config"
@@ -19,7 +19,7 @@ TRUST_FLAG = "--trust-config"
 def untrusted_imports(cfg: Config, given: dict[str, str | None]) -> list[tuple[str, str]]:
     """(flag, import path) pairs of ``cfg`` that would be imported, minus those the user passed as ``given``."""
     named = [("--model", cfg.model), ("--dataset", cfg.dataset)]
-    return [(flag, path) for flag, path in named if ":" in path and given.get(flag) != path]
+    return [(flag, path) for flag, path in named if names_code(path) and given.get(flag) != path]
 
 
 def require_trusted(cfg: Config, run_dir: Path, trusted: bool, given: dict[str, str | None] | None = None) -> None:

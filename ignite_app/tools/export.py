@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ignite_app.errors import UserError, first_line
 from ignite_app.io.atomic import atomic_write_bytes
@@ -43,9 +43,17 @@ def export_metadata(trained: Trained) -> dict[str, str]:
     spec = trained.spec
     from ignite_app.config import model_args_dict
 
-    return {"format": "pt", "model": trained.cfg.model, "model_args": json.dumps(model_args_dict(trained.cfg.model_args)),
+    meta = {"format": "pt", "model": trained.cfg.model, "model_args": json.dumps(model_args_dict(trained.cfg.model_args)),
             "task": spec.task, "input_shape": json.dumps(list(spec.input_shape)),
             "num_outputs": str(spec.num_outputs), "checkpoint": trained.path.name}
+    if trained.preprocess is not None:  # the weights take preprocessed inputs: how to make them from raw rows
+        meta["preprocessing"] = trained.preprocess.to_json()
+    return meta
+
+
+def exported_module(trained: Trained) -> Any:
+    """What TorchScript and ONNX files hold: the model behind its stored preprocessing, so raw rows go in."""
+    return trained.model if trained.preprocess is None else trained.preprocess.wrap(trained.model).eval()
 
 
 def torchscript_bytes(trained: Trained) -> bytes:
@@ -53,7 +61,7 @@ def torchscript_bytes(trained: Trained) -> bytes:
     import torch
 
     try:
-        scripted = torch.jit.script(trained.model)
+        scripted = torch.jit.script(exported_module(trained))
     except Exception as exc:
         raise UserError(f"this model cannot be exported to TorchScript ({first_line(exc)}); "
                         "use --format safetensors (weights only) or --format onnx") from None
@@ -70,13 +78,13 @@ def onnx_bytes(trained: Trained) -> bytes:
         import onnx  # noqa: F401  # torch.onnx.export needs it
     except ImportError:
         raise UserError("--format onnx needs the onnx package: pip install 'ignite_app[export]'") from None
-    example = torch.zeros(2, *trained.spec.input_shape)
+    example = torch.zeros(2, *trained.spec.input_shape)  # raw rows: the preprocessing is inside
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), native_stdout_silenced():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is the legacy one
             torch.onnx.export(
-                trained.model, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                exported_module(trained), (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
                 input_names=["input"], output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )

@@ -7,6 +7,7 @@ before any weight is loaded.
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from torch import nn
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.config import Config
 from ignite_app.data.images import IMAGE_SUFFIXES, read_images
-from ignite_app.data.select import load_splits  # issue 13
-from ignite_app.data.sources import DataSpec, read_csv_table, target_column
+from ignite_app.data.preprocess import Preprocessor, feature_rows, rows_from_arrays
+from ignite_app.data.select import load_splits  # issue 13: image folders too
+from ignite_app.data.sources import ArrayDataset, DataSpec, Splits
+from ignite_app.data.tabular import read_table
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.build import build_evaluation
 from ignite_app.train.ema import inference_weights
@@ -32,7 +35,7 @@ from ignite_app.models import build_model
 from ignite_app.models.normalize import wrap_for_weights
 from ignite_app.io.paths import output_file, resolve_checkpoint, run_config
 
-SPLITS = ("val", "train")
+SPLITS = ("train", "val", "test", "all")
 PREDICT_SUFFIXES = (".csv", ".npz")
 PREDICT_BATCH = 1024
 
@@ -47,6 +50,7 @@ class Trained:
     spec: DataSpec  # what the model takes and gives
     model: nn.Module
     device: torch.device
+    preprocess: Preprocessor | None = None  # None in checkpoints from before preprocessing was stored
 
 
 def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
@@ -62,7 +66,17 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
     ckpt.check_model_state(model, weights, path)
     model.load_state_dict(weights)
     target = resolve_device(device)
-    return Trained(run_dir, path, cfg, spec, model.to(target).eval(), target)
+    return Trained(run_dir, path, cfg, spec, model.to(target).eval(), target, stored_preprocess(state, path))
+
+
+def stored_preprocess(state: Mapping[str, Any], path: Path) -> Preprocessor | None:
+    """The checkpoint's preprocessing, if it holds one."""
+    if "preprocess" not in state:
+        return None
+    try:
+        return Preprocessor.from_state(state["preprocess"])
+    except ValueError as exc:
+        raise ckpt.CheckpointError(f"{path}: {exc}; use a checkpoint written by this version of ignite-app") from None
 
 
 def model_spec(meta: Any, cfg: Config) -> DataSpec:
@@ -75,8 +89,8 @@ def model_spec(meta: Any, cfg: Config) -> DataSpec:
 def data_config(trained: Trained, dataset: str | None, target: str | None) -> Config:
     """The run's config, with another dataset (and CSV target) if asked, and always the model's task."""
     cfg = trained.cfg
-    if dataset is not None:
-        cfg = cfg.replace(dataset=dataset, target=target)
+    if dataset is not None:  # its own rows only: not the run's validation or test files
+        cfg = cfg.replace(dataset=dataset, target=target, val_dataset=None, test_dataset=None)
     elif target is not None:
         cfg = cfg.replace(target=target)
     return cfg.replace(task=trained.spec.task)
@@ -111,18 +125,30 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
              device: str = "auto") -> Evaluation:
     """Run Ignite's evaluator (the run's metrics) over a split of the run's data or of ``dataset``."""
     if split not in SPLITS:
-        raise UserError(f"invalid --split {split!r}: choose val or train")
+        raise UserError(f"invalid --split {split!r}: choose {', '.join(SPLITS)}")
     trained = load_trained(checkpoint, device)
     cfg = data_config(trained, dataset, target)
-    splits = load_splits(cfg)
+    if split == "test" and not cfg.test_dataset:
+        raise UserError("--split test: this run has no test set (train with --test-dataset FILE), "
+                        "or evaluate a file with --dataset FILE")
+    splits = load_splits(cfg, trained.preprocess)
     check_data_fits(splits.spec, trained.spec, cfg.dataset)
-    data = splits.val if split == "val" else splits.train
-    evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device)
+    data = split_data(splits, split)
+    evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device, trained.preprocess)
     seen = count_samples(evaluator)  # issue 13: a stream has no len()
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
     tables = {name: value.to(torch.int64).tolist() for name, value in getattr(evaluator.state, "tables", {}).items()}
-    return Evaluation(trained.path, cfg.dataset, split, seen[0], metrics, tables)
+    return Evaluation(trained.path, cfg.test_dataset if split == "test" else cfg.dataset, split, seen[0], metrics, tables)
+
+
+def split_data(splits: Splits, split: str) -> Any:
+    """One split's dataset; ``all`` is every row of the dataset (train and validation)."""
+    if split == "all":
+        if isinstance(splits.train, ArrayDataset) and isinstance(splits.val, ArrayDataset):
+            return ArrayDataset(torch.cat([splits.train.x, splits.val.x]), torch.cat([splits.train.y, splits.val.y]))
+        return torch.utils.data.ConcatDataset([splits.train, splits.val])
+    return {"train": splits.train, "val": splits.val, "test": splits.test}[split]
 
 
 def count_samples(engine: Any) -> list[int]:
@@ -141,7 +167,8 @@ def count_samples(engine: Any) -> list[int]:
 def format_evaluation(result: Evaluation) -> str:
     """The metrics as a small table, under a line that says what was evaluated."""
     width = max(len("metric"), *(len(k) for k in result.metrics))
-    lines = [f"{result.path} on {result.dataset}, {result.split} split ({result.samples} samples)",
+    what = "every row" if result.split == "all" else f"{result.split} split"
+    lines = [f"{result.path} on {result.dataset}, {what} ({result.samples} samples)",
              f"{'metric'.ljust(width)}  value"]
     lines += [f"{name.ljust(width)}  {value:.4f}" for name, value in result.metrics.items()]
     for name, rows in result.tables.items():
@@ -152,30 +179,48 @@ def format_evaluation(result: Evaluation) -> str:
 
 
 def read_inputs(path: Path, trained: Trained, target: str | None) -> torch.Tensor:
-    """Model inputs from a CSV or NPZ file (or images, for an image model), shaped like the training samples."""
-    suffix = path.suffix.lower()
+    """Model inputs from a CSV or NPZ file of raw rows, preprocessed as in training (or images, for an image model)."""
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".csv.gz") else path.suffix.lower()
     if path.is_dir() or suffix in IMAGE_SUFFIXES:  # issue 13: an image file or a folder of images
         return torch.from_numpy(read_images(path, trained.spec.input_shape))
-    if suffix not in PREDICT_SUFFIXES:
-        raise UserError(f"--input {path}: unsupported file type {suffix or '(none)'!r}; use a .csv or .npz file")
-    features = math.prod(trained.spec.input_shape)
-    x = _csv_features(path, trained, target, features) if suffix == ".csv" else _npz_features(path, features)
+    if suffix not in PREDICT_SUFFIXES + (".csv.gz",):
+        raise UserError(f"--input {path}: unsupported file type {suffix or '(none)'!r}; use a .csv, .csv.gz or .npz file")
+    pre, where = trained.preprocess, f"--input {path}"
+    if pre is not None and pre.kind == "table" and suffix != ".npz":
+        table = read_table(path, "--input", trained.cfg.encoding)
+        if target is None and trained.cfg.dataset.startswith("csv:"):
+            target = trained.cfg.target
+        return pre.inputs(feature_rows(table, pre, target, where), where)
+    if pre is not None and pre.text_names:
+        raise UserError(f"--input {path}: the model was trained on text columns ({', '.join(pre.text_names)}); "
+                        "give a CSV file with the training columns")
+    features = math.prod(trained.spec.input_shape) if pre is None else math.prod(pre.sample_shape)
+    x = _npz_features(path, features) if suffix == ".npz" else _csv_features(path, trained, target, features)
     if len(x) == 0:
         raise UserError(f"--input {path} holds no samples")
+    if pre is not None:
+        return pre.inputs(rows_from_arrays(x.reshape(len(x), *pre.sample_shape), None), where)
     if not np.isfinite(x).all():
         raise UserError(f"--input {path} has NaN or infinite values; clean the data")
     return torch.as_tensor(x, dtype=torch.float32).reshape(len(x), *trained.spec.input_shape)
 
 
 def _csv_features(path: Path, trained: Trained, target: str | None, features: int) -> np.ndarray:
-    header, values = read_csv_table(path, "--input")
+    table = read_table(path, "--input", trained.cfg.encoding)
+    if any(c.is_text for c in table.columns):
+        name = next(c.name for c in table.columns if c.is_text)
+        raise UserError(f"--input {path}: column {name!r} holds words, but the model takes numbers only")
+    values = np.column_stack([c.numbers for c in table.columns])
     width = values.shape[1]
     if width == features:
         return values
     if width == features + 1:  # the target column is there too: drop it
         if target is None and trained.cfg.dataset.startswith("csv:"):
             target = trained.cfg.target
-        return np.delete(values, target_column(target, header, width, path), axis=1)
+        column = table.names.index(target) if target in table.names and table.header else None
+        if column is None:
+            column = width - 1 if target is None or not target.lstrip("-").isdigit() else int(target) % width
+        return np.delete(values, column, axis=1)
     raise UserError(
         f"--input {path} has {width} columns, but the model takes {features} features "
         f"({features + 1} with the target column); give the feature columns used in training"
@@ -211,15 +256,27 @@ def run_model(trained: Trained, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def prediction_arrays(outputs: torch.Tensor, task: str) -> dict[str, np.ndarray]:
-    """``labels`` and ``probabilities`` (softmax) for classification, ``outputs`` for regression."""
+def prediction_arrays(outputs: torch.Tensor, task: str, pre: Preprocessor | None = None) -> dict[str, np.ndarray]:
+    """``labels`` (the original class labels) and ``probabilities`` (softmax) for classification, else ``outputs``
+    (in the targets' own units)."""
     if task == "classification":
-        return {"labels": outputs.argmax(dim=1).numpy(), "probabilities": torch.softmax(outputs, dim=1).numpy()}
-    return {"outputs": outputs.numpy()}
+        codes = outputs.argmax(dim=1).numpy()
+        return {"labels": original_labels(codes, pre), "probabilities": torch.softmax(outputs, dim=1).numpy()}
+    return {"outputs": (pre.outputs(outputs) if pre is not None else outputs).numpy()}
 
 
-def write_predictions(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """NPZ with the arrays as they are, or CSV with one row per sample (label, prob_0, ... or output_0, ...)."""
+def original_labels(codes: np.ndarray, pre: Preprocessor | None) -> np.ndarray:
+    """Class codes as the labels of the training data: whole numbers stay numbers, words stay words."""
+    if pre is None or not pre.classes:
+        return codes
+    names = np.array(pre.classes)
+    if all(name.lstrip("-").isdigit() for name in pre.classes):
+        names = names.astype(np.int64)
+    return names[codes]
+
+
+def write_predictions(arrays: dict[str, np.ndarray], path: Path, pre: Preprocessor | None = None) -> None:
+    """NPZ with the arrays as they are, or CSV with one row per sample (label, prob_<class>, ... or output_0, ...)."""
     if path.suffix.lower() == ".npz":
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -227,13 +284,15 @@ def write_predictions(arrays: dict[str, np.ndarray], path: Path) -> None:
         return
     if "labels" in arrays:
         probs = arrays["probabilities"]
-        header = ["label"] + [f"prob_{k}" for k in range(probs.shape[1])]
-        rows = [[str(int(label))] + [f"{p:.6g}" for p in row] for label, row in zip(arrays["labels"], probs)]
+        names = pre.classes if pre is not None and pre.classes else [str(k) for k in range(probs.shape[1])]
+        header = ["label"] + [f"prob_{name}" for name in names]
+        rows = [[str(label)] + [f"{p:.6g}" for p in row] for label, row in zip(arrays["labels"], probs)]
     else:
         outputs = arrays["outputs"]
-        header = [f"output_{k}" for k in range(outputs.shape[1])]
+        named = pre is not None and pre.kind == "table" and len(pre.target_names) == outputs.shape[1]
+        header = list(pre.target_names) if named else [f"output_{k}" for k in range(outputs.shape[1])]
         rows = [[f"{v:.7g}" for v in row] for row in outputs]
-    text = "\n".join(",".join(r) for r in [header] + rows) + "\n"
+    text = "".join(_csv_line(r) for r in [header] + rows)
     atomic_write_bytes(path, text.encode())
 
 
@@ -243,5 +302,13 @@ def predict(checkpoint: Path, input_path: Path, output_path: Path, target: str |
     output_file(output_path, "--output", PREDICT_SUFFIXES)
     trained = load_trained(checkpoint, device)
     x = read_inputs(input_path, trained, target)
-    write_predictions(prediction_arrays(run_model(trained, x), trained.spec.task), output_path)
+    arrays = prediction_arrays(run_model(trained, x), trained.spec.task, trained.preprocess)
+    write_predictions(arrays, output_path, trained.preprocess)
     return len(x)
+
+
+def _csv_line(cells: list[str]) -> str:
+    """One CSV line, quoting cells (class names) that hold commas or quotes."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ignite_app.config import Config, top_k
+from ignite_app.config import Config, names_code, top_k
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
@@ -90,8 +90,8 @@ def epoch_length_from_config(cfg: Config) -> int | None:
 
     if cfg.steps_per_epoch is not None:  # issue 13: a stream's epoch; a stream has no len()
         return cfg.steps_per_epoch
-    if ":" in cfg.dataset and not cfg.dataset.startswith(("csv:", "npz:", "npy:")):
-        return None  # never import code that a run directory names just to count its batches
+    if names_code(cfg.dataset) or cfg.dataset.startswith("imagefolder:"):
+        return None  # never import code a run directory names, nor decode its images, just to count batches
     try:
         return math.ceil(len(load_splits(cfg).train) / cfg.batch_size)
     except UserError:  # the data moved or is gone: epochs stay unknown

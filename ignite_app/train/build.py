@@ -29,8 +29,10 @@ from ignite_app.data.balance import (
     BalancedEpochSampler, check_classification, class_counts, inverse_frequency, training_labels,
 )
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
+from ignite_app.data.preprocess import Preprocessor
 from ignite_app.data.select import load_splits  # issue 13: image folders, then the other sources
 from ignite_app.data.sources import DataSpec, Splits
+from ignite_app.data.splits import small_data_batch
 from ignite_app.data.streams import Stream, nominal_size
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
@@ -52,6 +54,7 @@ from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
+FEW_VAL_ROWS = 30  # early stopping on fewer validation rows than this gets a warning
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Pipeline:
     val_loader: Loader
     train_sampler: EpochSampler
     epoch_length: int
+    notes: list[str] = field(default_factory=list)  # issue 11: what the data and the batch size decided
     ema: EMAHandler | None = None  # issue 12: the weights' moving average, which validation uses
     init_report: InitReport | None = None  # issue 12: what --init-weights loaded
 
@@ -132,6 +136,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
+        cfg, notes = fit_to_data(cfg, splits)
         cfg = resolve_class_weights(cfg, splits)
         raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args))
         init_report = init_weights(raw_model, cfg.init_weights) if cfg.init_weights and not cfg.resume else None
@@ -143,7 +148,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
         val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
-        metrics = validation_metrics(cfg, splits.spec, device)
+        metrics = validation_metrics(cfg, splits.spec, device, target_units(splits.preprocess, device))
         if cfg.clip_grad_norm is not None:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
@@ -161,7 +166,27 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
                     val_loader=val_loader, train_sampler=train_sampler,
-                    epoch_length=epoch_length(train_sampler, cfg.batch_size), ema=ema, init_report=init_report)
+                    epoch_length=epoch_length(train_sampler, cfg.batch_size), notes=notes, ema=ema,
+                    init_report=init_report)
+
+
+def fit_to_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
+    """A smaller batch for small data (unless --batch-size was given), and the notes the run prints after its first line."""
+    notes = list(splits.notes)
+    if cfg.auto_batch:
+        cfg = cfg.replace(batch_size=small_data_batch(len(splits.train), cfg.batch_size, idist.get_world_size()))
+    if cfg.patience > 0 and len(splits.val) < FEW_VAL_ROWS:
+        notes.append(f"warning: early stopping watches only {len(splits.val)} validation rows, a noisy signal; "
+                     "raise --val-fraction, give --val-dataset, or pass --patience 0")
+    return cfg, notes
+
+
+def target_units(preprocess: Preprocessor | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Standardised regression values back in the targets' own units (for the MAE), or None."""
+    if preprocess is None or preprocess.task != "regression":
+        return None
+    shift, scale = preprocess.target_shift.to(device), preprocess.target_scale.to(device)
+    return lambda values: values * scale + shift
 
 
 def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
@@ -225,18 +250,23 @@ def with_augmentation(cfg: Config, loader: Loader, sampler: EpochSampler, device
 
 
 def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: Dataset,
-                     device: torch.device) -> tuple[Engine, Loader]:
+                     device: torch.device, preprocess: Preprocessor | None = None) -> tuple[Engine, Loader]:
     """An evaluator with the task's metrics and a loader over all of ``data`` in order (``evaluate``)."""
     size = nominal_size(data, None, cfg.batch_size, train=False)  # issue 13: a stream is read to its end
     loader = make_data_loader(cfg, data, EpochSampler(size, cfg.seed, shuffle=False, pad=False), device)
     evaluator = build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                                metrics=validation_metrics(cfg, spec, device))
+                                metrics=validation_metrics(cfg, spec, device, target_units(preprocess, device)))
     return evaluator, loader
 
 
-def validation_metrics(cfg: Config, spec: DataSpec, device: torch.device) -> dict[str, Metric]:
-    """The loss and ``--metrics`` (or the task's default) as Ignite metrics; the monitored one must be among them."""
-    metrics = metrics_for(spec.task, device, cfg.metrics, spec.num_outputs if spec.task == "classification" else None)
+def validation_metrics(cfg: Config, spec: DataSpec, device: torch.device,
+                       to_units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Metric]:
+    """The loss and ``--metrics`` (or the task's default) as Ignite metrics; the monitored one must be among them.
+
+    ``to_units`` maps standardised regression outputs and targets back to the targets' own units.
+    """
+    classes = spec.num_outputs if spec.task == "classification" else None
+    metrics = metrics_for(spec.task, device, cfg.metrics, classes, to_units=to_units)
     check_monitor(cfg.monitor, list(metrics))
     return metrics
 
@@ -305,14 +335,14 @@ def attach_checkpointers(run: Run) -> None:
     monitor = run.monitor or Monitor(run.cfg.monitor, run.cfg.mode)
     run.best_checkpoint = ckpt.make_best_checkpoint(
         evaluated_model(run.raw_model, run.ema), meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
-        score_function=monitor.score, score_name=score_name(monitor))
+        preprocess=run.splits.preprocess, score_function=monitor.score, score_name=score_name(monitor))
     run.evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
                 "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None,
                 "data_stream": stream_state(run.splits.train, run.cfg),  # issue 13: where a resumable stream is
-                "monitor": run.monitor, "plateau": run.plateau,  # issue 12
+                "preprocess": run.splits.preprocess, "monitor": run.monitor, "plateau": run.plateau,  # issue 12
                 "ema": run.ema.ema_model if run.ema is not None else None}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else

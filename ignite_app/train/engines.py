@@ -186,10 +186,11 @@ def build_evaluator(
     amp: str = "off",
     channels_last: bool = False,
     metrics: Mapping[str, Metric] | None = None,
+    to_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Engine:
     """The ``no_grad`` evaluation engine with ``metrics`` (default: the task's loss and accuracy or MAE) attached."""
     evaluator = create_supervised_evaluator(
-        ModeSwitch(model), metrics=dict(metrics or metrics_for(task, device)), device=device,
+        ModeSwitch(model), metrics=dict(metrics or metrics_for(task, device, to_units=to_units)), device=device,
         non_blocking=device.type == "cuda", prepare_batch=make_prepare_batch(task, channels_last),
         model_fn=make_model_fn(device, amp),
     )

@@ -8,12 +8,13 @@ from typing import Callable
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
-from ignite_app.config import Config, save_yaml
+from ignite_app.config import Config, default_of, save_yaml
+from ignite_app.data.splits import MIN_BATCHES
 from ignite_app.data.streams import size_text
 from ignite_app.errors import EXIT_OK
 from ignite_app.models.normalize import model_name
 from ignite_app.io import checkpoint as ckpt
-from ignite_app.train.build import Echo, Run, build_run, pick_device
+from ignite_app.train.build import Echo, Run, build_evaluation, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
 from ignite_app.train.handlers import StopSignal, attach_stop
 from ignite_app.train.metrics import attach_table_logging
@@ -163,8 +164,14 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
     spec = run.splits.spec
     world = idist.get_world_size()
     batch = f"batch {run.cfg.batch_size}" + (f" per process, global batch {run.cfg.batch_size * world}" if world > 1 else "")
-    echo(f"{spec.task} on {run.cfg.dataset}: {size_text(run.splits.train)} train / {size_text(run.splits.val)} val samples, "
+    if run.cfg.auto_batch and run.cfg.batch_size != default_of("batch_size"):  # picked for small data
+        batch += f" (not {default_of('batch_size')}: too few training rows for {MIN_BATCHES} batches per epoch; --batch-size sets it)"
+    data = f"{run.splits.preprocess.describe()}, " if run.splits.preprocess is not None else ""
+    test = f" / {len(run.splits.test)} test" if run.splits.test is not None else ""
+    echo(f"{spec.task} on {run.cfg.dataset}: {data}{size_text(run.splits.train)} train / {size_text(run.splits.val)} val{test} samples, "
          f"model {model_name(run.to_save['model'])}, device {run.device}, {batch}, processes {world}")
+    for note in run.notes:
+        echo(note)
     if run.init_report is not None:  # issue 12
         echo(run.init_report.line())
     if resumed is not None and resumed.state:
@@ -190,4 +197,22 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
             echo(f"early stopping at epoch {state.epoch}: {what} did not improve for {run.cfg.patience} epochs")
         best = ckpt.best_checkpoint(run.run_dir)
         echo(f"done: {state.epoch} epoch(s){where}" + (f"; best model {best}" if best else ""))
+    if run.splits.test is not None:
+        report_test(run, echo)  # every process evaluates (Ignite's metrics sync across them); rank 0 prints
     return EXIT_OK
+
+
+def report_test(run: Run, echo: Echo) -> None:
+    """The run's last line: the best model's metrics on --test-dataset."""
+    if in_process_group():
+        idist.barrier()  # rank 0 has finished writing the best model (close_run) before any process reads it
+    best = ckpt.best_checkpoint(run.run_dir)
+    if best is None:
+        return
+    run.raw_model.load_state_dict(ckpt.read_checkpoint(best)["model"])  # training is over: the best weights
+    evaluator, loader = build_evaluation(run.cfg, run.raw_model, run.splits.spec, run.splits.test, run.device,
+                                         run.splits.preprocess)
+    evaluator.run(loader)
+    values = "  ".join(f"{name} {float(value):.4f}" for name, value in evaluator.state.metrics.items())
+    if run.is_writer:
+        echo(f"test ({len(run.splits.test)} samples, best model {best.name}): {values}")

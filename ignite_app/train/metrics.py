@@ -8,7 +8,7 @@ ReduceLROnPlateau all follow.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from ignite import distributed as idist
@@ -47,15 +47,21 @@ def metric_names(task: str, names: Sequence[str]) -> tuple[str, ...]:
 
 
 def metrics_for(task: str, device: torch.device, names: Sequence[str] = (), num_classes: int | None = None,
-                loss: nn.Module | None = None) -> dict[str, Metric]:
-    """Ignite metrics for validation: the loss, then ``names`` (default: accuracy, or MAE for regression)."""
+                loss: nn.Module | None = None, to_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> dict[str, Metric]:
+    """Ignite metrics for validation: the loss, then ``names`` (default: accuracy, or MAE for regression).
+
+    ``to_units`` maps standardised regression outputs and targets back to the targets' own units: every
+    regression metric but the loss is reported in those units.
+    """
     metrics: dict[str, Metric] = {}
     for name in metric_names(task, names):
-        metrics[name] = make_metric(name, task, device, num_classes, loss)
+        metrics[name] = make_metric(name, task, device, num_classes, loss, to_units if name != "loss" else None)
     return metrics
 
 
-def make_metric(name: str, task: str, device: torch.device, num_classes: int | None, loss: nn.Module | None) -> Metric:
+def make_metric(name: str, task: str, device: torch.device, num_classes: int | None, loss: nn.Module | None,
+                to_units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Metric:
     """One Ignite metric by its --metrics name."""
     if name == "loss":
         return Loss(loss if loss is not None else loss_for(task), device=device)
@@ -66,6 +72,7 @@ def make_metric(name: str, task: str, device: torch.device, num_classes: int | N
         return TopKCategoricalAccuracy(k=k, device=device)
     if name in ("auroc", "confusion_matrix") and num_classes is None:
         raise UserError(f"--metrics {name} needs the number of classes")
+    units = (lambda out: (to_units(out[0]), to_units(out[1]))) if to_units is not None else (lambda out: out)
     if name == "auroc" and num_classes != 2:
         raise UserError(f"--metrics auroc is for two classes, this data has {num_classes}; use f1 or top5 instead")
     makers = {
@@ -75,10 +82,10 @@ def make_metric(name: str, task: str, device: torch.device, num_classes: int | N
         "f1": lambda: Fbeta(beta=1.0, average=True, device=device),  # the mean of per-class F1: macro F1
         "auroc": lambda: AUROC(output_transform=positive_probability, device=device),
         "confusion_matrix": lambda: ConfusionMatrix(num_classes=int(num_classes or 0), device=device),
-        "mae": lambda: MeanAbsoluteError(device=device),
-        "mse": lambda: MeanSquaredError(device=device),
-        "rmse": lambda: RootMeanSquaredError(device=device),
-        "r2": lambda: R2Score(device=device),
+        "mae": lambda: MeanAbsoluteError(output_transform=units, device=device),
+        "mse": lambda: MeanSquaredError(output_transform=units, device=device),
+        "rmse": lambda: RootMeanSquaredError(output_transform=units, device=device),
+        "r2": lambda: R2Score(output_transform=units, device=device),
     }
     return makers[name]()
 

@@ -110,6 +110,9 @@ def verify_for_run(run: Run, path: Path) -> Resumed:
             f"{path}: saved with {trainer_state.get('epoch_length')} iterations per epoch, this run has {run.epoch_length} "
             "(the data, batch size or number of processes changed)"
         )
+    if "preprocess" in run.to_save and "preprocess" not in state and run.cfg.dataset != "digits":  # issue 11
+        raise ckpt.CheckpointError(f"{path}: written before preprocessing was stored with the model, so it was trained on "
+                                   "differently prepared data; start a new run with --output-dir")
     for key in ("scaler", "grads", "ema"):
         if (key in run.to_save) != (key in state):
             raise ckpt.CheckpointError(f"{path}: checkpoint and run disagree on {key} state (--amp, --grad-accum or --ema-decay changed)")

@@ -506,3 +506,40 @@ def test_sigkill_at_random_instants_then_resume_until_done_is_exact(digits, refe
             break
     assert kills >= 10, f"the run finished after {kills} kills; it should take longer than the kill delays"
     assert_same_run(run, reference, *outputs)
+
+
+# --- tabular data: the preprocessing learned on the training split is part of every checkpoint ----------------
+
+
+def write_table(path: Path, n: int = 20_000) -> Path:
+    """A CSV as users have them: a text column, missing cells, numbers in raw units, word labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    age, income = rng.integers(18, 80, n), rng.integers(10_000, 90_000, n)
+    city = rng.choice(["Paris", "Lyon", "Nice"], n)
+    label = np.where(age / 80 + (city == "Nice") * 0.4 - income / 200_000 > 0.5, "high", "low")
+    lines = ["age,income,city,risk"] + [f"{'NA' if i % 17 == 0 else age[i]},{income[i]},{'' if i % 23 == 0 else city[i]},{label[i]}"
+                                         for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sigterm_then_resume_of_a_csv_run_is_exact_with_its_preprocessing(tmp_path):
+    table = write_table(tmp_path / "survey.csv")
+    args = ["--no-progress", "--dataset", f"csv:{table}", "--epochs", "4", "--patience", "0"]
+    whole = Background([*args, "--output-dir", str(tmp_path / "whole")], tmp_path / "whole")
+    run = tmp_path / "run"
+    proc = start_train(*args, "--output-dir", str(run))
+    wait_until_past(checkpoints(run), 250, proc)  # 16,000 training rows in batches of 64: 250 iterations per epoch
+    code, out1, _ = stop(proc, signal.SIGTERM)
+    assert code == 143 and stopped_at(out1, "SIGTERM") > 250
+    resumed = run_train(*resume_args(run))
+    assert resumed.returncode == 0, resumed.stderr
+    got = ckpt.read_checkpoint(checkpoints(run) / "checkpoint_1000.pt", require_checksum=True)
+    want = ckpt.read_checkpoint(checkpoints(whole.result()) / "checkpoint_1000.pt", require_checksum=True)
+    assert got["preprocess"]["classes"] == ["high", "low"] and got["preprocess"]["categories"] == [["Lyon", "Nice", "Paris"]]
+    got.pop("checkpointer"), want.pop("checkpointer")
+    assert_same_tree(got, want, "checkpoint")
+    best = torch.load(ckpt.best_checkpoint(run), weights_only=True)  # what evaluate, predict and export read
+    assert_same_tree(best["preprocess"], want["preprocess"], "best model preprocessing")

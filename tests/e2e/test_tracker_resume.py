@@ -92,3 +92,17 @@ def test_sigkill_after_steps_past_the_checkpoint_then_resume_logs_no_step_twice(
     resumed = run_train("--no-progress", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert_one_continuous_run(out, run_id)
+
+
+def test_a_resume_with_more_epochs_continues_the_run_and_keeps_its_first_params(tmp_path):
+    out = tmp_path / "runs" / "run"
+    first = run_train(*args(out, "--epochs", "1"))
+    assert first.returncode == 0, first.stderr
+    resumed = run_train("--no-progress", "--resume", str(out), "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "MLflow" not in resumed.stderr  # MLflow params cannot change: they are not written again
+    client, run_id, steps = history(out)
+    assert steps["val/loss"] == [EPOCH, 2 * EPOCH] and steps["train/loss"] == list(range(10, 2 * EPOCH + 1, 10))
+    run = client.get_run(run_id)
+    assert run.data.params["epochs"] == "1" and run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -66,7 +66,7 @@ def write_csv(path, header=True, n=20):
 
 @pytest.mark.parametrize("header", [True, False])
 def test_csv_default_target_is_the_last_column(tmp_path, header):
-    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv', header)}")
+    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv', header)}", standardize=False)
     assert (s.spec.task, s.spec.input_shape, s.spec.num_outputs) == ("classification", (2,), 2)
     x, y = all_rows(s)
     assert len(x) == 20 and (len(s.train), len(s.val)) == (16, 4)
@@ -75,14 +75,14 @@ def test_csv_default_target_is_the_last_column(tmp_path, header):
 
 @pytest.mark.parametrize("target", ["f1", "0", "-3"])
 def test_csv_target_by_name_or_index(tmp_path, target):
-    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv')}", target=target)
+    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv')}", target=target, standardize=False)
     assert s.spec.task == "regression"  # 20 distinct integers: a value, not a class
     x, y = all_rows(s)
     assert np.array_equal(y[:, 0], x[:, 0] - 100)  # the remaining columns are f2, label
 
 
 def test_csv_target_by_index_without_header(tmp_path):
-    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv', header=False)}", target="1")
+    s = splits_of(dataset=f"csv:{write_csv(tmp_path / 'd.csv', header=False)}", target="1", standardize=False)
     x, y = all_rows(s)
     assert np.array_equal(y[:, 0], x[:, 0] + 100)
 
@@ -101,12 +101,13 @@ def test_csv_bad_target_column(tmp_path, target, header, match):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("a,b\n1,2\n3,x\n", r"non-numeric value 'x' in row 3, column 2; only numbers are supported"),
+        ("a,b\n1,2\n3,x\n", r"non-numeric value 'x' in row 3, column 2 \('b'\), a column of numbers; fix the cell"),
         ("a,b\n1,2\n3\n", r"row 3 has 1 columns, expected 2"),
         ("", r"CSV file .*bad.csv. is empty; it needs rows"),
         ("\n \n", r"CSV file .*bad.csv. is empty; it needs rows"),
         ("a\n1\n2\n", r"has one column; it needs features and a target column"),
-        ("a,b\n", r"has 0 sample\(s\); it needs at least 2"),
+        ("a,b\n", r"has a header but no rows; it needs rows of values"),
+        ("a,b\n1,2\n", r"has 1 sample\(s\); it needs at least 2"),
     ],
 )
 def test_csv_bad_files(tmp_path, text, match):
@@ -116,10 +117,15 @@ def test_csv_bad_files(tmp_path, text, match):
         splits_of(dataset=f"csv:{path}")
 
 
-def test_nan_inputs_are_refused(tmp_path):
+def test_missing_inputs_are_imputed_or_refused_with_the_row(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,c\n1,2,0\nnan,3,1\n4,5,0\n")
-    with pytest.raises(UserError, match=r"dataset 'csv:.*d.csv' has NaN or infinite inputs; clean the data"):
-        splits_of(dataset=f"csv:{tmp_path / 'd.csv'}")
+    with pytest.raises(UserError, match=r"dataset 'csv:.*d.csv': row 3 has a missing value; fill it, or pass --na impute"):
+        splits_of(dataset=f"csv:{tmp_path / 'd.csv'}", na="error")
+    s = splits_of(dataset=f"csv:{tmp_path / 'd.csv'}", task="classification", standardize=False)
+    assert any("filled 1 row(s)" in note for note in s.notes)
+    x, _ = all_rows(s)
+    fill = float(s.preprocess.fill[0])  # the median of column a over the training rows that have it
+    assert np.isfinite(x).all() and fill in (1.0, 2.5, 4.0) and sorted(x[:, 0].tolist()) == sorted([1.0, 4.0, fill])
     np.savez(tmp_path / "d.npz", x=np.array([[1.0], [np.inf], [2.0]]), y=np.arange(3))
     with pytest.raises(UserError, match=r"dataset 'npz:.*d.npz' has NaN or infinite inputs; clean the data"):
         splits_of(dataset=f"npz:{tmp_path / 'd.npz'}")
@@ -135,7 +141,7 @@ def test_csv_missing_file(tmp_path):
 def test_npz_reads_x_and_y(tmp_path):
     x = np.arange(30 * 3, dtype=np.float64).reshape(30, 3)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 3)
-    s = splits_of(dataset=f"npz:{tmp_path / 'd.npz'}")
+    s = splits_of(dataset=f"npz:{tmp_path / 'd.npz'}", standardize=False)
     assert (s.spec.task, s.spec.input_shape, s.spec.num_outputs) == ("classification", (3,), 3)
     xs, ys = all_rows(s)
     assert xs.dtype == np.float32 and np.array_equal(ys, (xs[:, 0] / 3).astype(np.int64) % 3)
@@ -180,15 +186,22 @@ def test_real_targets_infer_regression(tmp_path):
 
 def test_classification_on_real_targets_fails_clearly(tmp_path):
     name = save_npz(tmp_path, np.linspace(0, 1, 40))
-    with pytest.raises(UserError, match=r"--task classification needs one non-negative integer label per sample; "
+    with pytest.raises(UserError, match=r"--task classification needs class labels \(whole numbers or words\) as targets; "
                                         r"use --task regression for real-valued targets"):
         load_splits(Config(dataset=name, task="classification"))
 
 
-def test_classification_on_negative_labels_fails(tmp_path):
-    name = save_npz(tmp_path, np.arange(40) % 3 - 1)
-    with pytest.raises(UserError, match=r"needs one non-negative integer label"):
-        load_splits(Config(dataset=name, task="classification"))
+@pytest.mark.parametrize("labels, names", [
+    (np.arange(40) % 3 - 1, ["-1", "0", "1"]),  # -1/0/+1
+    (np.arange(40) % 2 * 2 - 1.0, ["-1", "1"]),  # -1./+1. floats
+    (np.arange(40) % 3 + 1, ["1", "2", "3"]),  # 1..K: no empty class 0
+    (np.arange(40) % 3 + 0.0, ["0", "1", "2"]),  # 0./1./2.
+])
+def test_whole_number_labels_of_any_kind_become_classes_0_to_k_with_their_names(tmp_path, labels, names):
+    s = load_splits(Config(dataset=save_npz(tmp_path, labels)))
+    assert (s.spec.task, s.spec.num_outputs, s.preprocess.classes) == ("classification", len(names), names)
+    _, y = all_rows(s)
+    assert sorted(set(y.tolist())) == list(range(len(names)))
 
 
 def test_regression_can_be_forced_on_integer_labels(tmp_path):
@@ -207,11 +220,13 @@ def test_single_class_is_refused(tmp_path):
         load_splits(Config(dataset=save_npz(tmp_path, np.zeros(40, dtype=np.int64)), task="classification"))
 
 
-def test_nan_regression_targets_are_refused(tmp_path):
+def test_rows_without_a_target_are_dropped_or_refused(tmp_path):
     y = np.linspace(0, 1, 40)
     y[3] = np.nan
-    with pytest.raises(UserError, match=r"has NaN or infinite targets; clean the data"):
-        load_splits(Config(dataset=save_npz(tmp_path, y)))
+    s = load_splits(Config(dataset=save_npz(tmp_path, y)))
+    assert len(s.train) + len(s.val) == 39 and any("dropped 1 row(s)" in note for note in s.notes)
+    with pytest.raises(UserError, match=r"row 4 has no target value; fill it, or pass --na drop"):
+        load_splits(Config(dataset=save_npz(tmp_path, y), na="error"))
 
 
 # --- the user's own dataset by import path -----------------------------------------------------

@@ -7,6 +7,7 @@ ONNX files are checked with ``onnx.checker`` and run with ONNX's own reference e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ def test_safetensors_loads_into_a_fresh_model_with_identical_outputs(run_dir, re
     with safe_open(path, "pt") as f:
         meta = f.metadata()
     assert (meta["task"], meta["input_shape"], meta["num_outputs"], meta["model"]) == ("classification", "[1, 8, 8]", "10", "auto")
+    steps = json.loads(meta["preprocessing"])  # the weights take x / 16: the metadata says so
+    assert (steps["shift"], steps["scale"], steps["classes"]) == (0.0, 16.0, [str(k) for k in range(10)])
 
 
 def test_torchscript_round_trip(run_dir, reference, tmp_path):
@@ -71,7 +74,7 @@ def test_torchscript_round_trip(run_dir, reference, tmp_path):
     loaded = torch.jit.load(str(tmp_path / "model.pt"))
     x, expected = reference
     with torch.no_grad():
-        assert torch.equal(loaded(x), expected)
+        assert torch.equal(loaded(16 * x), expected)  # raw pixels 0..16 in: the stored /16 is part of the export
 
 
 def test_onnx_is_valid_and_computes_the_same_outputs(run_dir, reference, tmp_path):
@@ -79,7 +82,7 @@ def test_onnx_is_valid_and_computes_the_same_outputs(run_dir, reference, tmp_pat
     model = onnx.load(tmp_path / "model.onnx")
     onnx.checker.check_model(model, full_check=True)
     x, expected = reference  # batch 5, exported with batch 2: the batch dimension is dynamic
-    [out] = ReferenceEvaluator(model).run(None, {"input": x.numpy()})
+    [out] = ReferenceEvaluator(model).run(None, {"input": 16 * x.numpy()})  # raw pixels: the export divides by 16
     assert np.allclose(out, expected.numpy(), atol=1e-5)
 
 

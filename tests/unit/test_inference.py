@@ -33,9 +33,12 @@ def regression_run(tmp_path_factory) -> Path:
 
 
 def val_split(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed validation split that training used (and evaluate uses), as arrays."""
-    val = load_splits(Config(dataset=dataset)).val
-    return val.x.numpy(), val.y.numpy()
+    """The fixed validation split that training used (and evaluate uses), as raw rows (before preprocessing)."""
+    splits = load_splits(Config(dataset=dataset))
+    pre, val = splits.preprocess, splits.val
+    x = val.x * pre.scale + pre.shift  # digits: x * 16 exactly, the pixels 0..16 as a user has them
+    y = pre.outputs(val.y) if pre.task == "regression" else val.y
+    return x.numpy(), y.numpy()
 
 
 def best_model(run_dir: Path) -> Path:
@@ -140,8 +143,9 @@ def test_regression_predictions_give_the_evaluated_mae(regression_run, tmp_path)
     assert header == ["output_0"]
     evaluated = json.loads(invoke_app("evaluate", str(regression_run), "--json").stdout)
     assert set(evaluated) == {"loss", "mae"}
-    assert np.abs(outputs[:, 0] - y.reshape(-1)).mean() == pytest.approx(evaluated["mae"], rel=1e-5)
-    assert ((outputs[:, 0] - y.reshape(-1)) ** 2).mean() == pytest.approx(evaluated["loss"], rel=1e-4)
+    assert np.abs(outputs[:, 0] - y.reshape(-1)).mean() == pytest.approx(evaluated["mae"], rel=1e-5)  # the targets' units
+    scale = float(load_splits(Config(dataset="synthetic-regression")).preprocess.target_scale[0])
+    assert (((outputs[:, 0] - y.reshape(-1)) / scale) ** 2).mean() == pytest.approx(evaluated["loss"], rel=1e-4)  # standardised
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -170,15 +174,16 @@ BAD_INPUTS = [
     (["evaluate", "{tmp}/empty"], "not a run directory of ignite-app"),
     (["evaluate", "{tmp}/ok.csv"], "must sit in the checkpoints/ folder"),
     (["evaluate", "{tmp}/broken"], "SHA-256 does not match"),
-    (["evaluate", "{run}", "--split", "test"], "Invalid value for '--split'"),
+    (["evaluate", "{run}", "--split", "test"], "--split test: this run has no test set"),
+    (["evaluate", "{run}", "--split", "everything"], "Invalid value for '--split'"),
     (["evaluate", "{run}", "--dataset", "npz:{tmp}/narrow.npz"], "has no array named 'y'"),
     (["evaluate", "{run}", "--dataset", "npz:{tmp}/other.npz"], "has samples of shape (10,), but the model takes (1, 8, 8)"),
-    (["evaluate", "{run}", "--dataset", "synthetic-regression"], "classification needs one non-negative integer label"),
+    (["evaluate", "{run}", "--dataset", "synthetic-regression"], "which is not one of the model's classes (0, 1, 2"),
     (["predict", "{run}", "--input", "{tmp}/narrow.csv", "--output", "{tmp}/p.csv"], "has 3 columns, but the model takes 64 features"),
-    (["predict", "{run}", "--input", "{tmp}/words.csv", "--output", "{tmp}/p.csv"], "non-numeric value 'x'"),
+    (["predict", "{run}", "--input", "{tmp}/words.csv", "--output", "{tmp}/p.csv"], "column 'b' holds words, but the model takes numbers only"),
     (["predict", "{run}", "--input", "{tmp}/nox.npz", "--output", "{tmp}/p.csv"], "has no array named 'x'"),
     (["predict", "{run}", "--input", "{tmp}/narrow.npz", "--output", "{tmp}/p.csv"], "the model takes 64 features"),
-    (["predict", "{run}", "--input", "{tmp}/nan.npz", "--output", "{tmp}/p.csv"], "has NaN or infinite values"),
+    (["predict", "{run}", "--input", "{tmp}/nan.npz", "--output", "{tmp}/p.csv"], "nan.npz has NaN or infinite inputs"),
     (["predict", "{run}", "--input", "{tmp}/in.json", "--output", "{tmp}/p.csv"], "unsupported file type '.json'"),
     (["predict", "{run}", "--input", "{tmp}/absent.csv", "--output", "{tmp}/p.csv"], "does not exist"),
     (["predict", "{run}", "--input", "{tmp}/ok.csv", "--output", "{tmp}/p.txt"], "unsupported file type '.txt'"),
