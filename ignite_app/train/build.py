@@ -173,6 +173,8 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
 def fit_to_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
     """A smaller batch for small data (unless --batch-size was given), and the notes the run prints after its first line."""
     notes = list(splits.notes)
+    if isinstance(splits.train, Stream):
+        return cfg, notes  # a stream has no length: its epoch is --steps-per-epoch batches of --batch-size
     if cfg.auto_batch:
         cfg = cfg.replace(batch_size=small_data_batch(len(splits.train), cfg.batch_size, idist.get_world_size()))
     if cfg.patience > 0 and len(splits.val) < FEW_VAL_ROWS:
