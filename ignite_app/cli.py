@@ -467,7 +467,9 @@ def tune_command(config_file: str | None, compile_: bool | None, trials: int, se
         from ignite_app.tools.tune import TuneSpec, load_search, require_optuna, tune
 
         require_optuna()
+        model_arg = flags.pop("model_arg")
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        values.update(model_arg_flags(model_arg))  # issue 12
         file_values = load_yaml(config_file) if config_file else {}
         study_dir = _study_dir(values, file_values, trials)
         build_config(file_values, values)  # the fixed part fails here, before any trial

@@ -197,12 +197,13 @@ def test_chosen_metrics_are_logged_evaluated_and_match_sklearn_on_the_prediction
     assert evaluated["f1"] == pytest.approx(scalars["val/f1"][-1][1], abs=1e-6)
 
     from ignite_app.data.sources import load_splits
+    from ignite_app.tools.inference import load_trained
 
-    val = load_splits(Config(dataset="digits")).val  # the validation split, to predict sample by sample
-    x, y = val.tensors if hasattr(val, "tensors") else map(torch.stack, zip(*[val[i] for i in range(len(val))]))
-    np.savez(tmp_path / "x.npz", x=x.numpy())
-    invoke_app("predict", str(run), "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "p.npz"))
-    labels = np.load(tmp_path / "p.npz")["labels"]
+    trained = load_trained(run, "cpu")  # the best model, as evaluate loads it
+    val = load_splits(trained.cfg, trained.preprocess).val  # the validation split evaluate reads
+    with torch.no_grad():
+        labels = trained.model(val.x).argmax(1).numpy()
+    y = val.y
     assert evaluated["f1"] == pytest.approx(skm.f1_score(y.numpy(), labels, average="macro"), abs=1e-6)
     assert evaluated["precision"] == pytest.approx(skm.precision_score(y.numpy(), labels, average="macro"), abs=1e-6)
     assert evaluated["confusion_matrix"] == skm.confusion_matrix(y.numpy(), labels).tolist()
