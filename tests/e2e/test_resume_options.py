@@ -39,6 +39,6 @@ def test_signal_mid_epoch_then_resume_is_exact_with_every_new_state(digits, mode
     saved = ckpt.read_checkpoint(checkpoints(run) / f"checkpoint_{at}.pt", require_checksum=True)
     assert set(saved_keys) <= set(saved)
     assert saved["monitor"]["monitor"] == options[options.index("--monitor") + 1]
-    done = run_train(*resume_args(run), cwd=models_dir)
+    done = run_train(*resume_args(run, "--trust-config"), cwd=models_dir)
     assert done.returncode == 0, done.stderr
     assert_same_run(run, reference, first.stdout, done.stdout)
