@@ -98,3 +98,24 @@ def write_synchronously(summary_writer: Any) -> None:
     event_file_writer._ev_writer = sync
     sync.flush()  # the new file's name is durable in its folder from the start
 
+
+
+def write_hparams(folder: Path, hparam_dict: dict[str, Any], metric_dict: dict[str, float], step: int) -> None:
+    """What tensorboardX's ``add_hparams`` writes (a sub-run in ``folder``), on this thread and fsynced.
+
+    Its own version queues a dozen events behind a writer thread that a full disk kills: the run would hang at its end.
+    """
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    experiment, start, end = hparams(hparam_dict, metric_dict)
+    writer = SummaryWriter(logdir=str(folder))
+    write_synchronously(writer)
+    try:
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in metric_dict.items():
+            writer.add_scalar(tag, value, step)
+        writer.flush()
+    finally:
+        writer.close()

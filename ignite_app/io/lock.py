@@ -172,7 +172,8 @@ def describe_holder(path: Path) -> str:
         time.sleep(0.02)  # the holder took the lock a moment ago and is writing its name
     if not holder:
         return "another process"
-    return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('started')}"
+    pid, host, started = (str(holder.get(key))[:64] for key in ("pid", "host", "started"))  # the file may be anyone's
+    return f"pid {pid} on host {host} since {started}"
 
 
 def read_holder(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ignite.handlers import global_step_from_engine
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 
 from ignite_app.config import Config
-from ignite_app.io.events import event_write_error, write_synchronously
+from ignite_app.io.events import event_write_error, write_hparams, write_synchronously
 from ignite_app.io.paths import HPARAMS_DIR
 
 
@@ -95,7 +95,7 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     values["metrics"] = ",".join(values["metrics"])
     values["class_weights"] = str(values["class_weights"])
     try:
-        tb.writer.add_hparams(values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name=HPARAMS_DIR, global_step=step)
+        write_hparams(folder, values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, step)
     except OSError as exc:
         raise event_write_error(exc, folder) from None
 

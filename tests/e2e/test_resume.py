@@ -487,34 +487,54 @@ def test_resume_refuses_every_hostile_or_broken_checkpoint_and_changes_nothing(d
 
 
 def test_sigkill_at_random_instants_then_resume_until_done_is_exact(digits, reference, tmp_path):
-    """Ten or more SIGKILLs at random moments (start-up, mid-epoch, inside slowed saves, right after them),
-    each followed by ``--resume``; the finished run equals the uninterrupted one, every scalar included."""
+    """Ten SIGKILLs at random moments (in start-up, mid-epoch, inside a slowed save, just after a save),
+    each followed by ``--resume``; the finished run equals the uninterrupted one, every scalar included.
+
+    The moments are drawn from states the run is seen in, not from a clock alone, so no kill can come
+    after the run has finished.
+    """
     import random
 
     rng = random.Random(15)
     run = tmp_path / "run"
-    outputs, kills, args = [], 0, base_args(digits, run)
-    while True:
-        proc = start_train(*args, TEST_FAULT="slow-save:0.3")
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 4.0))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            outputs.append(out)
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-        outputs.append(out)
-        kills += 1
+    folder = checkpoints(run)
+    outputs, modes = [], []
+    while len(modes) < 10:
+        newest = max([int(p.stem.split("_")[1]) for p in ckpt.train_checkpoints(run)], default=0)
+        mode = rng.choice(["start-up", "mid-epoch", "inside-save"] + (["after-save"] if newest < LAST - EPOCH else []))
         args = resume_args(run) if (run / "config.yaml").exists() else base_args(digits, run)
-        if kills >= 10:
-            done = run_train(*args)  # no more kills: finish
-            assert done.returncode == 0, done.stderr
-            outputs.append(done.stdout)
+        stale = set(folder.glob(".*.tmp")) if folder.is_dir() else set()
+        proc = start_train(*args, TEST_FAULT="slow-save:0.3")
+        head = ""
+        if mode == "start-up":
+            time.sleep(rng.uniform(0.1, 1.5))
+        elif mode == "mid-epoch":
+            head = read_until(proc, "writing to ")
+            time.sleep(rng.uniform(0.0, 0.4))  # less than an epoch
+        elif mode == "inside-save":
+            wait_for(lambda: folder.is_dir() and bool(set(folder.glob(".*.tmp")) - stale), proc)
+        else:
+            wait_for(exists(folder / f"checkpoint_{newest + EPOCH}.pt.sha256"), proc)
+            time.sleep(rng.uniform(0.0, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, f"{mode}: the run ended before its kill: {err}"
+        outputs.append(head + out)
+        modes.append(mode)
+    done = run_train(*resume_args(run))
+    assert done.returncode == 0, done.stderr
+    assert len(set(modes)) >= 3, modes
+    assert_same_run(run, reference, *outputs, done.stdout)
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    """The process's stdout up to and including the first line holding ``text``."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
             break
-    assert kills >= 10, f"the run finished after {kills} kills; it should take longer than the kill delays"
-    assert_same_run(run, reference, *outputs)
+    return "".join(lines)
 
 
 # --- tabular data: the preprocessing learned on the training split is part of every checkpoint ----------------

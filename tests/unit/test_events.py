@@ -53,3 +53,23 @@ def test_an_io_error_names_its_reason(tmp_path, monkeypatch):
     with pytest.raises(EventWriteError, match=r"cannot write TensorBoard events in .* \(I/O error\); fix the disk"):
         writer.flush()
     writer.close()
+
+
+def test_the_hparams_sub_run_on_a_failing_disk_is_one_error_not_a_hang(tmp_path, monkeypatch):
+    from ignite_app.config import Config
+    from ignite_app.train.tblog import log_hparams, open_tensorboard
+
+    tb = open_tensorboard(tmp_path)
+    metrics = {f"m{i}": float(i) for i in range(20)}  # more events than tensorboardX's queue of 10 holds
+    log_hparams(tb, Config(), metrics, 5)
+    hp = read_scalars(tmp_path / "hparams")
+    assert hp["hparam/m19"] == [(5, 19.0)]
+
+    def full(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record_writer.RecordWriter, "flush", full)
+    with pytest.raises(EventWriteError, match="no space left on device"):
+        log_hparams(tb, Config(), metrics, 6)
+    monkeypatch.undo()
+    tb.close()

@@ -113,3 +113,24 @@ def test_an_unwritable_parent_is_one_error(tmp_path):
             claim_run_dir(str(parent / "run"), "unused", fresh=True)
     finally:
         parent.chmod(0o700)
+
+
+CLAIM = """
+import sys
+from ignite_app.io.lock import claim_run_dir
+out, lock = claim_run_dir(None, sys.argv[1], fresh=True)
+print(out, flush=True)
+sys.stdin.read()  # hold the lock until the test closes stdin
+"""
+
+
+def test_twenty_processes_started_in_the_same_second_get_twenty_directories(tmp_path):
+    frozen = str(tmp_path / "runs" / "digits-20260102-030405")  # the name each process's clock would give
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM, frozen], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(20)]
+    names = [p.stdout.readline().strip() for p in procs]
+    for p in procs:
+        p.communicate("")
+    assert all(p.returncode == 0 for p in procs)
+    assert len(set(names)) == 20 and all(Path(n).parent == tmp_path / "runs" for n in names)

@@ -113,3 +113,13 @@ def test_a_huge_label_names_a_class_instead_of_sizing_the_output_layer(tmp_path)
     splits = load_splits(Config(dataset=data, model="mlp"))
     assert splits.spec.num_outputs == 3 and splits.preprocess.classes == ["0", "1", "3000000000"]
 
+
+
+def test_a_bom_in_a_numeric_csv_is_not_a_header(tmp_path):
+    from ignite_app.config import Config
+    from ignite_app.data.select import load_splits
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(f"{i},{i + 1},{i % 2}\n" for i in range(10)).encode())
+    splits = load_splits(Config(dataset=f"csv:{path}", model="mlp"))
+    assert len(splits.train) + len(splits.val) == 10  # the first row is data, not a header
