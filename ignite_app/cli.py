@@ -12,8 +12,8 @@ import click
 
 from ignite_app import __version__
 from ignite_app.config import (
-    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, NA_POLICIES, OPTIMIZERS, REQUEUE_SIGNALS, RESUME_FIXED_KEYS, TASKS,
-    Config, build_config, default_of, default_output_dir, file_dataset, load_yaml,
+    AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, NA_POLICIES, OPTIMIZERS, REQUEUE_SIGNALS,
+    RESUME_FIXED_KEYS, TASKS, Config, build_config, default_of, default_output_dir, file_dataset, load_yaml, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -33,7 +33,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--dataset", help="digits, synthetic-regression, csv:PATH, npz:PATH (arrays x, y), npy:DIR (DIR/x.npy, DIR/y.npy, memory-mapped), imagefolder:PATH or package.module:NAME (called with train=True/False)." + default_hint("dataset")),
     click.option("--target", help="CSV target column, by name or index. [default: last column]"),
     click.option("--task", type=click.Choice(TASKS), help="Force classification or regression." + default_hint("task")),
-    click.option("--model", help="mlp, cnn, or package.module:ClassName (built with no arguments). [default: cnn for images, else mlp]"),
+    click.option("--model", help="mlp, cnn, or package.module:NAME (a class or a function returning an nn.Module; arguments via --model-arg). [default: cnn for images, else mlp]"),
     click.option("--epochs", type=int, help="Maximum number of epochs." + default_hint("epochs")),
     click.option("--batch-size", type=int, help="Batch size per process (global batch = this x processes)." + default_hint("batch_size")),
     click.option("--lr", type=float, help="Learning rate." + default_hint("lr")),
@@ -41,7 +41,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--weight-decay", type=float, help="Weight decay." + default_hint("weight_decay")),
     click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning-rate schedule over the run." + default_hint("lr_schedule")),
     click.option("--seed", type=int, help="Seed for initialisation, shuffling and dropout." + default_hint("seed")),
-    click.option("--patience", type=int, help="Early stopping: epochs without val-loss improvement; 0 turns it off." + default_hint("patience")),
+    click.option("--patience", type=int, help="Early stopping: epochs without improvement of --monitor; 0 turns it off." + default_hint("patience")),
     click.option("--num-workers", type=int, help="DataLoader worker processes." + default_hint("num_workers")),
     click.option("--n-saved", type=int, help="How many training checkpoints to keep." + default_hint("n_saved")),
     click.option("--output-dir", help="Run directory. [default: runs/<dataset>-<timestamp>]"),
@@ -83,6 +83,28 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--standardize/--no-standardize", default=None, help="Standardise numeric features and regression targets with training statistics. [default: on]"),
     click.option("--na", type=click.Choice(NA_POLICIES), help="Missing cells: impute (training median, most frequent word), drop the rows, or error." + default_hint("na")),
     click.option("--encoding", help="Text encoding of CSV files. [default: UTF-8 (with or without BOM), else Latin-1]"),
+    # issue 12: model arguments, metrics and the monitor
+    click.option("--model-arg", "model_arg", multiple=True, metavar="NAME=VALUE",
+                 help="An argument of --model (repeatable); VALUE is read as YAML: 128, 0.1, true, [64,32], resnet18."),
+    click.option("--metrics", help="Validation metrics, comma-separated: accuracy, precision, recall, f1 (macro), topK (e.g. top5), "
+                                   "auroc (2 classes), confusion_matrix; mae, mse, rmse, r2. [default: accuracy, or mae]"),
+    click.option("--monitor", help="The validation metric that drives early stopping, the best checkpoint and plateau, "
+                                   "as val/NAME." + default_hint("monitor")),
+    click.option("--mode", type=click.Choice(MONITOR_MODES), help="Whether the monitor is better lower or higher. "
+                                                                   "[default: max for scores, min for loss and errors]"),
+    click.option("--warmup-epochs", type=int, help="Linear warmup to --lr over this many epochs (from lr/iterations), before the schedule."),
+    click.option("--warmup-steps", type=int, help="Linear warmup over this many iterations (instead of --warmup-epochs)."),
+    click.option("--plateau-patience", type=int, help="--lr-schedule plateau: validations without improvement of --monitor "
+                                                      "before the lr drops." + default_hint("plateau_patience")),
+    click.option("--plateau-factor", type=float, help="--lr-schedule plateau: the lr is multiplied by this." + default_hint("plateau_factor")),
+    click.option("--ema-decay", type=float, help="Keep an exponential moving average of the weights (e.g. 0.999); "
+                                                 "validation, the best model, evaluate, predict and export use it."),
+    click.option("--class-weights", type=click.Choice(("auto", "none")), help="auto: weight the training loss by inverse "
+                 "class frequency in the training split (recorded in config.yaml)." + default_hint("class_weights")),
+    click.option("--balanced-sampler/--no-balanced-sampler", default=None,
+                 help="Draw training batches so that every class is equally likely (with replacement)."),
+    click.option("--init-weights", type=click.Path(dir_okay=False), help="Start from these weights where names and shapes "
+                 "match (fine-tuning): a .safetensors file or a checkpoint of this tool."),
 ]
 
 
@@ -141,12 +163,18 @@ def main() -> None:
 def train_command(ctx: click.Context, config_file: str | None, compile_: bool | None, **flags: Any) -> None:
     """Train a model; leaves config.yaml, checkpoints/ and TensorBoard logs in the run directory."""
     flags["compile"] = compile_
+    model_arg = flags.pop("model_arg")
     explicit = {k: v for k, v in flags.items() if v is not None}
-    code = guarded(lambda: _train(config_file, explicit))
+    code = guarded(lambda: _train(config_file, {**explicit, **model_arg_flags(model_arg)}))
     sys.exit(code)
 
 
 main.add_command(train_command)
+
+
+def model_arg_flags(texts: tuple[str, ...]) -> dict[str, Any]:
+    """``{"model_args": {...}}`` for the --model-arg flags given, else nothing."""
+    return {"model_args": parse_model_args(texts)} if texts else {}
 
 
 def guarded(action: Callable[[], int]) -> int:
@@ -315,7 +343,7 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
         _quiet_ignite()
         split_ = split or ("all" if dataset else "val")
         result = evaluate(checkpoint, file_dataset(dataset) if dataset else None, target, split_, device)
-        click.echo(json.dumps(result.metrics) if as_json else format_evaluation(result))
+        click.echo(json.dumps({**result.metrics, **result.tables}) if as_json else format_evaluation(result))
         return 0
 
     sys.exit(guarded(action))
@@ -398,7 +426,9 @@ def lr_find_command(config_file: str | None, compile_: bool | None, start_lr: fl
         from ignite_app.train.lrfind import lr_find
 
         _quiet_ignite()
+        model_arg = flags.pop("model_arg")
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        values.update(model_arg_flags(model_arg))
         file_values = load_yaml(config_file) if config_file else {}
         if values.get("resume") or file_values.get("resume"):
             raise UserError("lr-find always starts from fresh weights; drop --resume")
@@ -437,7 +467,9 @@ def tune_command(config_file: str | None, compile_: bool | None, trials: int, se
         from ignite_app.tools.tune import TuneSpec, load_search, require_optuna, tune
 
         require_optuna()
+        model_arg = flags.pop("model_arg")
         values = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+        values.update(model_arg_flags(model_arg))  # issue 12
         file_values = load_yaml(config_file) if config_file else {}
         study_dir = _study_dir(values, file_values, trials)
         build_config(file_values, values)  # the fixed part fails here, before any trial

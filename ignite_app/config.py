@@ -34,6 +34,9 @@ RESUME_FIXED_KEYS = (
     "val_fraction", "val_dataset", "standardize", "na", "encoding",  # issue 11: they change the data
     "image_size", "augment", "steps_per_epoch",  # issue 13
 )
+RESUME_FIXED_KEYS += ("model_args", "monitor", "mode", "warmup_epochs", "warmup_steps", "ema_decay",
+                      "class_weights", "balanced_sampler")  # issue 12
+LR_SCHEDULES += ("onecycle", "plateau")  # issue 12
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,19 @@ class Config:
     na: str = "impute"
     encoding: str | None = None
     auto_batch: bool = False  # the command line sets it when --batch-size is not given
+    # issue 12: model arguments, metrics and the monitor, schedules, EMA, class imbalance, initial weights
+    model_args: tuple[tuple[str, Any], ...] = ()
+    metrics: tuple[str, ...] = ()  # empty: accuracy for classification, mae for regression
+    monitor: str = "val/loss"
+    mode: str | None = None  # None: max for scores (accuracy, f1, ...), min for losses and errors
+    warmup_epochs: int = 0
+    warmup_steps: int = 0
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
+    ema_decay: float | None = None
+    class_weights: Any = "none"  # none, auto, or the weights per class ("auto" is saved as the weights it found)
+    balanced_sampler: bool = False
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -130,6 +146,7 @@ class Config:
             _check_choice("requeue-signal", self.requeue_signal, REQUEUE_SIGNALS)
         _check_image_options(self)  # issue 13
         _check_tabular(self)
+        _check_models_and_metrics(self)  # issue 12
 
     @property
     def is_user_model(self) -> bool:
@@ -144,7 +161,16 @@ class Config:
         """The keys saved in ``config.yaml``: everything but the one-off ``resume`` path."""
         data = dataclasses.asdict(self)
         data.pop("resume")
+        data["model_args"] = model_args_dict(self.model_args)  # a mapping in config.yaml
+        data["metrics"] = list(self.metrics)
+        if isinstance(self.class_weights, tuple):
+            data["class_weights"] = list(self.class_weights)
         return data
+
+    @property
+    def monitor_mode(self) -> str:
+        """``--mode``, else ``max`` for scores and ``min`` for losses and errors."""
+        return self.mode or metric_direction(self.monitor.partition("/")[2])
 
 
 def config_keys() -> tuple[str, ...]:
@@ -162,7 +188,8 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any])
     merged: dict[str, Any] = {}
     for source in (file_values, flag_values):
         for key, value in source.items():
-            merged[key.replace("-", "_")] = value
+            key = key.replace("-", "_")
+            merged[key] = merge_model_args(merged.get(key), value) if key == "model_args" else value
     unknown = sorted(set(merged) - set(config_keys()))
     if unknown:
         raise UserError(
@@ -246,6 +273,7 @@ _NUMERIC_KEYS = {
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
     "val_fraction": float, "image_size": int, "memory_budget_mb": int, "steps_per_epoch": int,  # issue 13
+    "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float, "ema_decay": float,  # issue 12
 }
 
 
@@ -448,3 +476,157 @@ def _check_image_options(cfg: Config) -> None:
         raise UserError(f"invalid --augment {cfg.augment!r}: use off, on, or a comma list of {', '.join(AUGMENTATIONS)}")
     if cfg.augment != "off" and not cfg.dataset.startswith(("imagefolder:", "npy:")):
         raise UserError(f"--augment applies to imagefolder: and npy: (uint8 images) datasets, not {cfg.dataset!r}; drop --augment")
+
+
+# issue 12: model arguments (``--model-arg key=value`` and ``model_args:``), kept as immutable (key, value) pairs.
+
+MODEL_ARG_KEY = re.compile(r"^[A-Za-z_]\w*$")
+MAX_MODEL_ARG_CHARS = 10_000
+
+
+def parse_model_args(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--model-arg key=value`` flags as a dict; each value is read as a YAML scalar or list."""
+    import yaml
+
+    from ignite_app.io.safefile import parse_yaml
+
+    args: dict[str, Any] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not MODEL_ARG_KEY.match(key):
+            raise UserError(f"invalid --model-arg {text!r}: write it as name=value, e.g. --model-arg hidden=[128,64]")
+        if len(raw) > MAX_MODEL_ARG_CHARS:
+            raise UserError(f"invalid --model-arg {key}: the value is longer than {MAX_MODEL_ARG_CHARS} characters")
+        try:
+            args[key] = parse_yaml(raw) if raw.strip() else ""  # no anchors or aliases, bounded nesting
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise UserError(f"invalid --model-arg {key}: the value is not a YAML scalar or list ({first_line(exc, 100)}); "
+                            "quote it or write it out in full") from None
+    return args
+
+
+def merge_model_args(earlier: Any, later: Any) -> Any:
+    """Model arguments from a later source (flags) override an earlier one's (the file) key by key."""
+    if earlier is None or later is None:
+        return later if later is not None else earlier
+    return {**model_args_dict(freeze_model_args(earlier)), **model_args_dict(freeze_model_args(later))}
+
+
+def freeze_model_args(value: Any) -> tuple[tuple[str, Any], ...]:
+    """Model arguments as sorted (name, value) pairs with lists made tuples; refuses what YAML scalars cannot say."""
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise UserError(f"invalid model_args {value!r}: expected a mapping of argument names to values")
+    for key, _ in pairs:
+        if not isinstance(key, str) or not MODEL_ARG_KEY.match(key):
+            raise UserError(f"invalid model_args name {key!r}: expected a Python identifier")
+    return tuple(sorted(((key, _freeze_value(key, v)) for key, v in pairs), key=lambda pair: pair[0]))
+
+
+def model_args_dict(args: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Frozen model arguments as a plain dict of YAML values (tuples become lists)."""
+    return {key: _thaw_value(value) for key, value in args}
+
+
+def _freeze_value(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_value(key, v) for v in value)
+    raise UserError(f"invalid model argument {key}={value!r}: use a number, string, true/false, null or a list of them")
+
+
+def _thaw_value(value: Any) -> Any:
+    return [_thaw_value(v) for v in value] if isinstance(value, tuple) else value
+
+
+# issue 12: metrics and the monitor. Names only here (no torch); train/metrics.py builds Ignite's metrics.
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "topK", "auroc", "confusion_matrix")
+REGRESSION_METRICS = ("mae", "mse", "rmse", "r2")
+MINIMIZED_METRICS = ("loss", "mae", "mse", "rmse")
+MONITOR_MODES = ("min", "max")
+_TOP_K = re.compile(r"^top([1-9]\d?)$")
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether ``name`` is a metric that --metrics knows (``top5`` stands for any ``topK``)."""
+    return name in CLASSIFICATION_METRICS + REGRESSION_METRICS or _TOP_K.match(name) is not None
+
+
+def top_k(name: str) -> int | None:
+    """K of a ``topK`` metric name, else None."""
+    match = _TOP_K.match(name)
+    return int(match.group(1)) if match else None
+
+
+def metric_direction(name: str) -> str:
+    """``min`` for the loss and errors, ``max`` for scores."""
+    return "min" if name in MINIMIZED_METRICS else "max"
+
+
+def parse_metric_names(value: Any) -> tuple[str, ...]:
+    """``--metrics accuracy,f1`` (or a YAML list) as a tuple of known names, in order, without repeats."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"invalid --metrics {value!r}: expected names separated by commas, e.g. accuracy,f1")
+    names = [n.strip().lower() for n in names if n.strip()]
+    for name in names:
+        if name == "loss":
+            raise UserError("--metrics: loss is always computed; leave it out")
+        if not is_metric_name(name):
+            known = ", ".join(CLASSIFICATION_METRICS + REGRESSION_METRICS).replace("topK", "topK (e.g. top5)")
+            raise UserError(f"invalid --metrics name {name!r}: choose from {known}")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_monitor(cfg: Config) -> None:
+    if cfg.mode is not None:
+        _check_choice("mode", cfg.mode, MONITOR_MODES)
+    split, _, name = str(cfg.monitor).partition("/")
+    if not isinstance(cfg.monitor, str) or split != "val" or not (name == "loss" or is_metric_name(name)):
+        raise UserError(f"invalid --monitor {cfg.monitor!r}: use val/loss or val/NAME for a name in --metrics, e.g. val/accuracy")
+    if name == "confusion_matrix":
+        raise UserError("invalid --monitor val/confusion_matrix: a table is not a score; monitor val/accuracy or val/f1")
+
+
+def _check_models_and_metrics(cfg: Config) -> None:
+    """Freeze ``model_args``, ``metrics`` and ``class_weights`` in place, then check issue 12's options."""
+    object.__setattr__(cfg, "model_args", freeze_model_args(cfg.model_args))  # a mapping becomes sorted pairs
+    object.__setattr__(cfg, "metrics", parse_metric_names(cfg.metrics))
+    _check_monitor(cfg)
+    _check_run_options(cfg)
+
+
+def _check_run_options(cfg: Config) -> None:
+    for name in ("warmup_epochs", "warmup_steps", "plateau_patience"):
+        _check_number(name.replace("_", "-"), getattr(cfg, name), minimum=0)
+    if cfg.warmup_epochs and cfg.warmup_steps:
+        raise UserError("--warmup-epochs and --warmup-steps both given: keep one")
+    ok = isinstance(cfg.plateau_factor, (int, float)) and not isinstance(cfg.plateau_factor, bool)
+    if not ok or not 0 < cfg.plateau_factor < 1:
+        raise UserError(f"invalid --plateau-factor {cfg.plateau_factor!r}: expected a number between 0 and 1")
+    _check_flag("balanced_sampler", cfg.balanced_sampler, optional=False)
+    _check_text("init_weights", cfg.init_weights, optional=True)
+    object.__setattr__(cfg, "class_weights", _class_weights(cfg.class_weights))
+    decay = cfg.ema_decay
+    if decay is not None and (not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay < 1):
+        raise UserError(f"invalid --ema-decay {decay!r}: expected a number between 0 and 1, such as 0.999")
+
+
+def _class_weights(value: Any) -> str | tuple[float, ...]:
+    """``none``, ``auto``, or a list of non-negative weights (one per class) as a tuple."""
+    if value in ("none", "auto"):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in value):
+        return tuple(float(w) for w in value)
+    raise UserError(f"invalid --class-weights {value!r}: use auto, none, or (in the config file) one weight >= 0 per class")

@@ -34,13 +34,16 @@ class EpochSampler(Sampler[int]):
         """Choose the epoch's order, skipping the first ``start`` indices of this rank."""
         self.epoch, self.start = epoch, start
 
-    def shard(self) -> torch.Tensor:
-        """This rank's indices for the whole current epoch."""
+    def epoch_order(self) -> torch.Tensor:
+        """Every process's indices for the current epoch, before sharding (subclasses draw other orders)."""
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=gen)
-        else:
-            order = torch.arange(self.size)
+            return torch.randperm(self.size, generator=gen)
+        return torch.arange(self.size)
+
+    def shard(self) -> torch.Tensor:
+        """This rank's indices for the whole current epoch."""
+        order = self.epoch_order()
         if self.world_size > 1:
             if self.pad:
                 total = math.ceil(self.size / self.world_size) * self.world_size

@@ -121,12 +121,15 @@ def make_train_checkpoint(to_save: Mapping[str, Any], saver: AtomicSaver, n_save
 
 
 def make_best_checkpoint(model: nn.Module, meta: Any, saver: AtomicSaver, global_step: Any,
-                         preprocess: Any = None) -> Checkpoint:
-    """The model with the lowest validation loss so far (one file), with the preprocessing its inputs need."""
+                         preprocess: Any = None, score_function: Callable[[Any], float] | None = None,
+                         score_name: str = "neg_val_loss") -> Checkpoint:
+    """The model with the best score so far (one file; by default the lowest validation loss), with the
+    preprocessing its inputs need. The score is higher-is-better; the checkpointer keeps it as each file's priority.
+    """
     objects = {"model": model, "meta": meta} | ({"preprocess": preprocess} if preprocess is not None else {})
     return Checkpoint(
         objects, saver, n_saved=1, filename_pattern=BEST_PATTERN,
-        score_function=lambda engine: -float(engine.state.metrics["loss"]), score_name="neg_val_loss",
+        score_function=score_function or (lambda engine: -float(engine.state.metrics["loss"])), score_name=score_name,
         global_step_transform=global_step,
     )
 

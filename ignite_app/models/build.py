@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -10,35 +10,48 @@ from torch import nn
 from ignite_app.data.sources import DataSpec
 from ignite_app.errors import UserError, first_line
 from ignite_app.imports import import_object
+from ignite_app.models.args import resolve_model_args
 from ignite_app.models.builtin import CNN, MLP
 
 
-def build_model(name: str, spec: DataSpec) -> nn.Module:
-    """The model ``--model`` names, sized from the data (``auto``: CNN for images, else MLP)."""
+def build_model(name: str, spec: DataSpec, args: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model ``--model`` names, called with ``args`` (``--model-arg``) and the arguments the data determines.
+
+    ``auto`` is the CNN for images, else the MLP; the built-ins take arguments too (``hidden``, ``width``, ``dropout``).
+    """
+    args = dict(args or {})
     if name == "auto":
         name = "cnn" if spec.is_image else "mlp"
-    if name == "mlp":
-        return MLP(math.prod(spec.input_shape), spec.num_outputs)
-    if name == "cnn":
-        if not spec.is_image:
-            raise UserError(
-                f"--model cnn needs image-shaped samples (channels, height, width), but this data has shape "
-                f"{spec.input_shape}; use --model mlp"
-            )
-        return CNN(spec.input_shape[0], spec.num_outputs)
-    return _user_model(name)
+    if name == "cnn" and not spec.is_image:
+        raise UserError(
+            f"--model cnn needs image-shaped samples (channels, height, width), but this data has shape "
+            f"{spec.input_shape}; use --model mlp"
+        )
+    factory = BUILTIN.get(name) or import_object(name, "--model")
+    return call_model(factory, resolve_model_args(factory, args, spec, name), name)
 
 
-def _user_model(path: str) -> nn.Module:
-    cls = import_object(path, "--model")
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN}
+
+
+def call_model(factory: Callable[..., Any], args: Mapping[str, Any], label: str) -> nn.Module:
+    """``factory(**args)``, which must return an ``nn.Module``; its failures are one-line user errors."""
+    if not callable(factory):
+        raise UserError(f"--model {label} is not a torch.nn.Module subclass or a function that returns one")
+    call = label.split(":")[-1] + "(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
     try:
-        model = cls()
+        model = factory(**{k: _thaw(v) for k, v in args.items()})
     except (Exception, SystemExit) as exc:  # SystemExit: a class that calls sys.exit() must not end the run with 0
-        raise UserError(f"--model {path}: {path.split(':')[1]}() failed ({type(exc).__name__}: {exc}); "
-                        "the class must build with no arguments") from None
+        raise UserError(f"--model {label}: {call} failed ({type(exc).__name__}: {first_line(exc, 300)}); "
+                        "fix the --model-arg values") from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"--model {path} is not a torch.nn.Module subclass")
+        raise UserError(f"--model {label} is not a torch.nn.Module subclass (it returned {type(model).__name__})")
     return model
+
+
+def _thaw(value: Any) -> Any:
+    """Tuples (frozen YAML lists) back to lists, as YAML gives them."""
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
 
 
 def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:

@@ -41,7 +41,10 @@ def safetensors_bytes(trained: Trained) -> bytes:
 def export_metadata(trained: Trained) -> dict[str, str]:
     """What a reader needs to rebuild the model: the --model value, the task and the shapes."""
     spec = trained.spec
-    meta = {"format": "pt", "model": trained.cfg.model, "task": spec.task, "input_shape": json.dumps(list(spec.input_shape)),
+    from ignite_app.config import model_args_dict
+
+    meta = {"format": "pt", "model": trained.cfg.model, "model_args": json.dumps(model_args_dict(trained.cfg.model_args)),
+            "task": spec.task, "input_shape": json.dumps(list(spec.input_shape)),
             "num_outputs": str(spec.num_outputs), "checkpoint": trained.path.name}
     if trained.preprocess is not None:  # the weights take preprocessed inputs: how to make them from raw rows
         meta["preprocessing"] = trained.preprocess.to_json()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +27,7 @@ from ignite_app.data.sources import ArrayDataset, DataSpec, Splits
 from ignite_app.data.tabular import read_table
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.build import build_evaluation
+from ignite_app.train.ema import inference_weights
 from ignite_app.train.engines import make_model_fn
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
@@ -57,11 +58,11 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
     run_dir, path = resolve_checkpoint(Path(checkpoint))
     cfg = run_config(run_dir)
     state = ckpt.read_checkpoint(path)
-    weights = state.get("model")
+    weights = inference_weights(state)  # issue 12: the EMA weights of a training checkpoint that has them
     if not isinstance(weights, Mapping):
         raise ckpt.CheckpointError(f"{path}: holds no model weights; pass a checkpoint_*.pt or best_model_*.pt of an ignite-app run")
     spec = model_spec(state.get("meta"), cfg)
-    model = wrap_for_weights(build_model(cfg.model, spec), weights)  # issue 13: pixel statistics of image runs
+    model = wrap_for_weights(build_model(cfg.model, spec, dict(cfg.model_args)), weights)  # issue 13: pixel statistics of image runs
     ckpt.check_model_state(model, weights, path)
     model.load_state_dict(weights)
     target = resolve_device(device)
@@ -117,6 +118,7 @@ class Evaluation:
     split: str
     samples: int
     metrics: dict[str, float]
+    tables: dict[str, list[list[int]]] = field(default_factory=dict)  # issue 12: the confusion matrix
 
 
 def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = None, split: str = "val",
@@ -136,7 +138,8 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     seen = count_samples(evaluator)  # issue 13: a stream has no len()
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
-    return Evaluation(trained.path, cfg.test_dataset if split == "test" else cfg.dataset, split, seen[0], metrics)
+    tables = {name: value.to(torch.int64).tolist() for name, value in getattr(evaluator.state, "tables", {}).items()}
+    return Evaluation(trained.path, cfg.test_dataset if split == "test" else cfg.dataset, split, seen[0], metrics, tables)
 
 
 def split_data(splits: Splits, split: str) -> Any:
@@ -168,6 +171,10 @@ def format_evaluation(result: Evaluation) -> str:
     lines = [f"{result.path} on {result.dataset}, {what} ({result.samples} samples)",
              f"{'metric'.ljust(width)}  value"]
     lines += [f"{name.ljust(width)}  {value:.4f}" for name, value in result.metrics.items()]
+    for name, rows in result.tables.items():
+        from ignite_app.train.metrics import format_table
+
+        lines += ["", f"{name} (rows: true class, columns: predicted)", format_table(torch.tensor(rows))]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ignite_app.config import Config, names_code
+from ignite_app.config import Config, names_code, top_k
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.io.figures import PLOT_SUFFIXES, new_figure, require_matplotlib, save_figure
@@ -110,9 +110,12 @@ def best_direction(tag: str) -> str | None:
     name = tag.rsplit("/", 1)[-1].lower()
     if "loss" in name or "error" in name or name in ("mae", "mse", "rmse"):
         return "min"
-    if "acc" in name:
+    if "acc" in name or name in SCORES or top_k(name) is not None:
         return "max"
     return None
+
+
+SCORES = ("precision", "recall", "f1", "auroc", "r2")  # issue 12: the --metrics scores, better when higher
 
 
 def last_and_best(points: list[Point], direction: str | None) -> tuple[Point, Point | None]:
@@ -129,7 +132,8 @@ def status_line(log: RunLog) -> str:
         return f"{log.run_dir}: no checkpoint yet (the run has not finished an epoch)"
     epochs = log.iteration // log.epoch_length
     if log.early_stop_epoch is not None:
-        how = f"stopped early at epoch {log.early_stop_epoch} (no val-loss improvement for {log.cfg.patience} epochs)"
+        what = "val-loss" if log.cfg.monitor == "val/loss" else log.cfg.monitor
+        how = f"stopped early at epoch {log.early_stop_epoch} (no {what} improvement for {log.cfg.patience} epochs)"
     elif epochs >= log.cfg.epochs:
         how = f"completed {epochs}/{log.cfg.epochs} epochs"
     else:
@@ -142,9 +146,10 @@ def best_line(log: RunLog) -> str:
     if log.best_checkpoint is None:
         return "  best checkpoint: none yet"
     step = int(log.best_checkpoint.stem.rsplit("_", 1)[-1])
-    loss = {p.step: p.value for p in log.scalars.get("val/loss", [])}.get(step)
+    tag = log.cfg.monitor  # the metric that chose it
+    value = {p.step: p.value for p in log.scalars.get(tag, [])}.get(step)
     where = f"step {step}" + (f", epoch {fmt_epoch(log.epoch(step))}" if log.epoch_length else "")
-    return f"  best checkpoint: {log.best_checkpoint} ({where}" + (f", val/loss {fmt(loss)})" if loss is not None else ")")
+    return f"  best checkpoint: {log.best_checkpoint} ({where}" + (f", {tag} {fmt(value)})" if value is not None else ")")
 
 
 def fmt(value: float) -> str:

@@ -21,9 +21,13 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, EarlyStopping, global_step_from_engine
 from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 
 from ignite_app.config import Config, augmentations
+from ignite_app.data.balance import (
+    BalancedEpochSampler, check_classification, class_counts, inverse_frequency, training_labels,
+)
 from ignite_app.data.loaders import EpochSampler, InMemoryLoader, epoch_length, make_loader
 from ignite_app.data.preprocess import Preprocessor
 from ignite_app.data.select import load_splits  # issue 13: image folders, then the other sources
@@ -33,13 +37,17 @@ from ignite_app.data.streams import Stream, nominal_size
 from ignite_app.errors import UserError
 from ignite_app.io import checkpoint as ckpt
 from ignite_app.models import build_model, check_model_fits
+from ignite_app.models.init import InitReport, init_weights
 from ignite_app.models.normalize import with_pixel_normalize
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.distributed import PerRankState, fail_together, in_process_group, local_device, mean_over_processes
+from ignite_app.train.ema import EMAHandler, attach_ema, evaluated_model, make_ema
 from ignite_app.train.engines import add_gradient_clipping, build_evaluator, build_trainer, make_scaler
 from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
+from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
+from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.state import GradState, Meta, RNGState
 from ignite_app.train.tblog import attach_progress_bar
 from ignite_app.train.trackers import Trackers
@@ -67,6 +75,8 @@ class Pipeline:
     train_sampler: EpochSampler
     epoch_length: int
     notes: list[str] = field(default_factory=list)  # issue 11: what the data and the batch size decided
+    ema: EMAHandler | None = None  # issue 12: the weights' moving average, which validation uses
+    init_report: InitReport | None = None  # issue 12: what --init-weights loaded
 
     @property
     def is_writer(self) -> bool:
@@ -90,6 +100,9 @@ class Run(Pipeline):
     stopper: EarlyStopping | None = None
     tb_logger: TensorboardLogger | None = None
     trackers: Trackers | None = None  # issue 14: opened with TensorBoard
+    # issue 12: the metric that decides
+    monitor: Monitor | None = None
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -124,7 +137,10 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
         cfg, notes = fit_to_data(cfg, splits)
-        raw_model = with_pixel_normalize(build_model(cfg.model, splits.spec), splits).to(device)
+        cfg = resolve_class_weights(cfg, splits)
+        raw_model = build_model(cfg.model, splits.spec, dict(cfg.model_args))
+        init_report = init_weights(raw_model, cfg.init_weights) if cfg.init_weights and not cfg.resume else None
+        raw_model = with_pixel_normalize(raw_model, splits).to(device)
         if cfg.channels_last:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
@@ -132,20 +148,26 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
         val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
+        metrics = validation_metrics(cfg, splits.spec, device, target_units(splits.preprocess, device))
         if cfg.clip_grad_norm is not None:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
+    ema = make_ema(raw_model, cfg.ema_decay)
     scaler = make_scaler(device, cfg.amp)
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
-                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
-    evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                                to_units=target_units(splits.preprocess, device))
+                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None,
+                            class_weights=class_weight_tensor(cfg, device))
+    evaluator = build_evaluator(evaluated_model(model, ema), splits.spec.task, device, amp=cfg.amp,
+                                channels_last=cfg.channels_last, metrics=metrics)
+    if ema is not None:
+        attach_ema(ema, trainer, cfg.grad_accum)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, train_sampler, cfg.batch_size))
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,
                     scaler=scaler, trainer=trainer, evaluator=evaluator, train_loader=train_loader,
                     val_loader=val_loader, train_sampler=train_sampler,
-                    epoch_length=epoch_length(train_sampler, cfg.batch_size), notes=notes)
+                    epoch_length=epoch_length(train_sampler, cfg.batch_size), notes=notes, ema=ema,
+                    init_report=init_report)
 
 
 def fit_to_data(cfg: Config, splits: Splits) -> tuple[Config, list[str]]:
@@ -186,7 +208,31 @@ def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampl
     size, val_size = (nominal_size(d, cfg.steps_per_epoch, cfg.batch_size, d is splits.train) for d in (splits.train, splits.val))
     train = EpochSampler(size, cfg.seed, shuffle=True, rank=rank, world_size=world, pad=True)
     val = EpochSampler(val_size, cfg.seed, shuffle=False, rank=rank, world_size=world, pad=False)
+    if cfg.balanced_sampler:  # issue 12
+        check_classification(splits.spec.task, "--balanced-sampler")
+        train = BalancedEpochSampler(training_labels(splits.train), splits.spec.num_outputs, cfg.seed, rank, world)
     return train, val
+
+
+def resolve_class_weights(cfg: Config, splits: Splits) -> Config:
+    """``--class-weights auto`` becomes the training split's inverse class frequencies (saved in config.yaml)."""
+    if cfg.class_weights == "none":
+        return cfg
+    check_classification(splits.spec.task, "--class-weights")
+    if cfg.class_weights == "auto":
+        counts = class_counts(training_labels(splits.train), splits.spec.num_outputs)
+        return cfg.replace(class_weights=tuple(round(w, 6) for w in inverse_frequency(counts)))
+    if len(cfg.class_weights) != splits.spec.num_outputs:
+        raise UserError(f"class_weights has {len(cfg.class_weights)} weights, but the data has {splits.spec.num_outputs} "
+                        "classes; give one per class or use auto")
+    return cfg
+
+
+def class_weight_tensor(cfg: Config, device: torch.device) -> torch.Tensor | None:
+    """The training loss's per-class weights, or None."""
+    if not isinstance(cfg.class_weights, tuple):
+        return None
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
 def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: torch.device) -> Loader:
@@ -210,8 +256,21 @@ def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: 
     """An evaluator with the task's metrics and a loader over all of ``data`` in order (``evaluate``)."""
     size = nominal_size(data, None, cfg.batch_size, train=False)  # issue 13: a stream is read to its end
     loader = make_data_loader(cfg, data, EpochSampler(size, cfg.seed, shuffle=False, pad=False), device)
-    return build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
-                           to_units=target_units(preprocess, device)), loader
+    evaluator = build_evaluator(model, spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last,
+                                metrics=validation_metrics(cfg, spec, device, target_units(preprocess, device)))
+    return evaluator, loader
+
+
+def validation_metrics(cfg: Config, spec: DataSpec, device: torch.device,
+                       to_units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Metric]:
+    """The loss and ``--metrics`` (or the task's default) as Ignite metrics; the monitored one must be among them.
+
+    ``to_units`` maps standardised regression outputs and targets back to the targets' own units.
+    """
+    classes = spec.num_outputs if spec.task == "classification" else None
+    metrics = metrics_for(spec.task, device, cfg.metrics, classes, to_units=to_units)
+    check_monitor(cfg.monitor, list(metrics))
+    return metrics
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -250,15 +309,16 @@ def attach_training_handlers(run: Run, echo: Echo) -> None:
     cfg, trainer, evaluator = run.cfg, run.trainer, run.evaluator
     attach_loss_tracker(trainer, run.tracker)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, average_train_loss)
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(run.optimizer, T_max=cfg.epochs * run.epoch_length)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: scheduler.step())
-        run.scheduler = scheduler
+    run.monitor = Monitor(cfg.monitor, cfg.mode)
+    schedule = make_schedule(cfg, run.optimizer, run.epoch_length, run.monitor.mode)
+    attach_schedule(schedule, trainer, evaluator, run.monitor, warmup_steps(cfg, run.epoch_length))
+    run.scheduler, run.plateau = schedule.per_step, schedule.plateau
     if run.is_writer and progress_wanted(cfg):
         attach_progress_bar(trainer, cfg.log_every)  # before validation: the bar is gone before the epoch line
     attach_validation(trainer, evaluator, run.val_loader)
+    run.monitor.attach(trainer, evaluator)
     if cfg.patience > 0:
-        run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience)
+        run.stopper = attach_early_stopping(trainer, evaluator, cfg.patience, run.monitor.score)
     if run.is_writer:
         attach_epoch_summary(trainer, evaluator, echo)
 
@@ -274,16 +334,18 @@ def attach_checkpointers(run: Run) -> None:
     meta = Meta({"model_class": type(run.raw_model).__name__, "task": spec.task, "num_outputs": spec.num_outputs,
                  "input_shape": list(spec.input_shape), "world_size": idist.get_world_size(),
                  "batch_size": run.cfg.batch_size})
+    monitor = run.monitor or Monitor(run.cfg.monitor, run.cfg.mode)
     run.best_checkpoint = ckpt.make_best_checkpoint(
-        run.raw_model, meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
-        preprocess=run.splits.preprocess)
+        evaluated_model(run.raw_model, run.ema), meta, saver, global_step_from_engine(run.trainer, Events.ITERATION_COMPLETED),
+        preprocess=run.splits.preprocess, score_function=monitor.score, score_name=score_name(monitor))
     run.evaluator.add_event_handler(Events.COMPLETED, run.best_checkpoint)
     run.to_save = {"model": run.raw_model, "optimizer": run.optimizer, "trainer": run.trainer, "meta": meta,
                    "loss_tracker": PerRankState(run.tracker), "best_checkpointer": run.best_checkpoint}
     optional = {"lr_scheduler": run.scheduler, "early_stopping": run.stopper, "scaler": run.scaler,
                 "grads": GradState(run.raw_model) if run.cfg.grad_accum > 1 else None,
                 "data_stream": stream_state(run.splits.train, run.cfg),  # issue 13: where a resumable stream is
-                "preprocess": run.splits.preprocess}
+                "preprocess": run.splits.preprocess, "monitor": run.monitor, "plateau": run.plateau,  # issue 12
+                "ema": run.ema.ema_model if run.ema is not None else None}
     run.to_save.update({k: v for k, v in optional.items() if v is not None})
     run.to_save["rng"] = PerRankState(RNGState())  # last: restored after everything else
     run.train_checkpoint = ckpt.make_train_checkpoint(run.to_save, saver, run.cfg.n_saved)
@@ -296,6 +358,11 @@ def stream_state(data: Any, cfg: Config) -> Stream | None:
     if cfg.num_workers > 0:
         raise UserError(f"{cfg.dataset}: a resumable IterableDataset is read in this process; use --num-workers 0")
     return data
+
+
+def score_name(monitor: Monitor) -> str:
+    """The best checkpoint's score name: ``neg_val_loss`` for the default monitor, as before."""
+    return ("neg_" if monitor.mode == "min" else "") + monitor.monitor.replace("/", "_")
 
 
 def average_train_loss(engine: Engine) -> None:

@@ -15,7 +15,7 @@ clipping sees true gradients. ``--cuda-graph`` records Ignite's ``supervised_tra
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from ignite.engine import (
@@ -24,28 +24,12 @@ from ignite.engine import (
     create_supervised_trainer,
     supervised_training_step,
 )
-from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
+from ignite.metrics import Metric
 from torch import nn
 
+from ignite_app.train.metrics import attach_tables, loss_for, metrics_for
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def loss_for(task: str) -> nn.Module:
-    """CrossEntropyLoss for classification, MSELoss for regression."""
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-
-
-def metrics_for(task: str, device: torch.device,
-                to_units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Metric]:
-    """Validation metrics: loss and accuracy, or loss and MAE (in the targets' own units, through ``to_units``)."""
-    metrics: dict[str, Metric] = {"loss": Loss(loss_for(task), device=device)}
-    if task == "classification":
-        metrics["accuracy"] = Accuracy(device=device)
-    elif to_units is None:
-        metrics["mae"] = MeanAbsoluteError(device=device)
-    else:
-        metrics["mae"] = MeanAbsoluteError(output_transform=lambda out: (to_units(out[0]), to_units(out[1])), device=device)
-    return metrics
 
 
 def make_prepare_batch(task: str, channels_last: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
@@ -140,6 +124,7 @@ def build_trainer(
     grad_accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     graph_batch_size: int | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor.
 
@@ -147,18 +132,19 @@ def build_trainer(
     batches of that size (:mod:`ignite_app.train.cudagraph`).
     """
     prepare, non_blocking = make_prepare_batch(task, channels_last), device.type == "cuda"
+    loss_fn = loss_for(task, class_weights)
     model_fn = make_model_fn(device, amp, cache=graph_batch_size is None)  # a graph recording must not use autocast's cache
     handle = ModeSwitch(model)
     if graph_batch_size is not None:
         from ignite_app.train.cudagraph import GraphedStep
 
-        step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
+        step = supervised_training_step(handle, optimizer, loss_fn, device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
                                         prepare_batch=prepare, output_transform=keep_loss_on_device, model_fn=model_fn)
         return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
     if scaler is not None:
-        return Engine(training_step(handle, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
+        return Engine(training_step(handle, optimizer, loss_fn, device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
     return create_supervised_trainer(
-        handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking, prepare_batch=prepare,  # type: ignore[arg-type]
+        handle, optimizer, loss_fn, device=device, non_blocking=non_blocking, prepare_batch=prepare,  # type: ignore[arg-type]
         output_transform=keep_loss_on_device, gradient_accumulation_steps=grad_accum, model_fn=model_fn,
     )
 
@@ -199,10 +185,14 @@ def build_evaluator(
     *,
     amp: str = "off",
     channels_last: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
     to_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Engine:
-    """The ``no_grad`` evaluation engine with the task's metrics attached."""
-    return create_supervised_evaluator(
-        ModeSwitch(model), metrics=metrics_for(task, device, to_units), device=device, non_blocking=device.type == "cuda",
-        prepare_batch=make_prepare_batch(task, channels_last), model_fn=make_model_fn(device, amp),
+    """The ``no_grad`` evaluation engine with ``metrics`` (default: the task's loss and accuracy or MAE) attached."""
+    evaluator = create_supervised_evaluator(
+        ModeSwitch(model), metrics=dict(metrics or metrics_for(task, device, to_units=to_units)), device=device,
+        non_blocking=device.type == "cuda", prepare_batch=make_prepare_batch(task, channels_last),
+        model_fn=make_model_fn(device, amp),
     )
+    attach_tables(evaluator)  # after the metrics: a confusion matrix leaves state.metrics for state.tables
+    return evaluator

@@ -91,12 +91,14 @@ def attach_validation(trainer: Engine, evaluator: Engine, val_loader: Any) -> No
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
 
 
-def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int) -> EarlyStopping:
-    """Stop when validation loss has not improved for ``patience`` evaluations.
+def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int,
+                          score_function: Callable[[Engine], float] | None = None) -> EarlyStopping:
+    """Stop when the score (default: minus the validation loss) has not improved for ``patience`` evaluations.
 
     Registered on the evaluator's COMPLETED directly: ``EarlyStopping.attach`` would reset it at every run.
     """
-    stopper = EarlyStopping(patience=patience, score_function=lambda e: -float(e.state.metrics["loss"]), trainer=trainer)
+    score = score_function or (lambda e: -float(e.state.metrics["loss"]))
+    stopper = EarlyStopping(patience=patience, score_function=score, trainer=trainer)
     stopper.logger.setLevel(logging.WARNING)  # its timestamped INFO line repeats what the run's last line says
     evaluator.add_event_handler(Events.COMPLETED, stopper)
     return stopper

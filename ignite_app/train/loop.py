@@ -17,6 +17,7 @@ from ignite_app.io import checkpoint as ckpt
 from ignite_app.train.build import Echo, Run, build_evaluation, build_run, pick_device
 from ignite_app.train.distributed import agreed_stop_reason, fail_together, in_process_group
 from ignite_app.train.handlers import StopSignal, attach_stop
+from ignite_app.train.metrics import attach_table_logging
 from ignite_app.train.requeue import requeue_after_stop, requeue_signal_number, stop_exit_code
 from ignite_app.train.resume import Resumed, clean_stale_saves, restore
 from ignite_app.train.trackers import start_trackers
@@ -95,6 +96,7 @@ def start_tensorboard(run: Run, resumed: Resumed | None) -> TensorboardLogger:
     """Open the run's TensorBoard log and attach its handlers; a fresh run also logs its config."""
     tb = open_tensorboard(run.run_dir, purge_step=resumed.purge_step if resumed else None)
     attach_tensorboard(tb, run.trainer, run.evaluator, run.optimizer, run.cfg)
+    attach_table_logging(tb, run.trainer, run.evaluator)  # issue 12: the confusion matrix, as text
     attach_epoch_stats(tb, run.trainer, lambda: len(run.train_sampler) * idist.get_world_size(), run.device)
     if resumed is None:
         log_config(tb, run.cfg)
@@ -104,9 +106,9 @@ def start_tensorboard(run: Run, resumed: Resumed | None) -> TensorboardLogger:
 def final_metrics(run: Run) -> dict[str, float]:
     """What the HParams tab shows: the last validation metrics, the best validation loss, the epochs done."""
     metrics = {f"val_{name}": float(value) for name, value in run.evaluator.state.metrics.items()}
-    saved = run.best_checkpoint.state_dict()["_saved"]  # [(priority, filename)], priority = -val_loss
-    if saved:
-        metrics["best_val_loss"] = -float(saved[-1][0])
+    saved = run.best_checkpoint.state_dict()["_saved"]  # [(priority, filename)], priority = the monitor's score
+    if saved and run.monitor is not None:
+        metrics["best_" + run.monitor.monitor.replace("/", "_")] = run.monitor.sign * float(saved[-1][0])
     if "train_loss" in run.trainer.state.metrics:
         metrics["train_loss"] = float(run.trainer.state.metrics["train_loss"])
     metrics["epochs"] = float(run.trainer.state.epoch)
@@ -170,6 +172,8 @@ def announce(run: Run, echo: Echo, resumed: Resumed | None) -> None:
          f"model {model_name(run.to_save['model'])}, device {run.device}, {batch}, processes {world}")
     for note in run.notes:
         echo(note)
+    if run.init_report is not None:  # issue 12
+        echo(run.init_report.line())
     if resumed is not None and resumed.state:
         echo(f"resuming from {resumed.path} (iteration {resumed.state['trainer']['iteration']})")
     echo(f"writing to {run.run_dir}")
@@ -189,7 +193,8 @@ def finish(run: Run, stop: StopSignal, echo: Echo) -> int:
         return stop_exit_code(reason)
     if run.is_writer:
         if run.stopper is not None and run.stopper.counter >= run.cfg.patience:
-            echo(f"early stopping at epoch {state.epoch}: validation loss did not improve for {run.cfg.patience} epochs")
+            what = "validation loss" if run.cfg.monitor == "val/loss" else run.cfg.monitor
+            echo(f"early stopping at epoch {state.epoch}: {what} did not improve for {run.cfg.patience} epochs")
         best = ckpt.best_checkpoint(run.run_dir)
         echo(f"done: {state.epoch} epoch(s){where}" + (f"; best model {best}" if best else ""))
     if run.splits.test is not None:

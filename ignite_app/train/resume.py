@@ -113,9 +113,11 @@ def verify_for_run(run: Run, path: Path) -> Resumed:
     if "preprocess" in run.to_save and "preprocess" not in state and run.cfg.dataset != "digits":  # issue 11
         raise ckpt.CheckpointError(f"{path}: written before preprocessing was stored with the model, so it was trained on "
                                    "differently prepared data; start a new run with --output-dir")
-    for key in ("scaler", "grads"):
+    for key in ("scaler", "grads", "ema"):
         if (key in run.to_save) != (key in state):
-            raise ckpt.CheckpointError(f"{path}: checkpoint and run disagree on {key} state (--amp or --grad-accum changed)")
+            raise ckpt.CheckpointError(f"{path}: checkpoint and run disagree on {key} state (--amp, --grad-accum or --ema-decay changed)")
+    if "ema" in state:  # issue 12: the moving average must fit the model as the weights do
+        ckpt.check_model_state(run.to_save["ema"], state["ema"], path)
     iteration = int(trainer_state.get("iteration", 0))
     trainer_state["max_epochs"] = max(run.cfg.epochs, iteration // run.epoch_length)
     state = {**state, "trainer": trainer_state}

@@ -91,6 +91,9 @@ def log_hparams(tb: TensorboardLogger, cfg: Config, metrics: dict[str, float], s
     folder = Path(tb.writer.logdir) / HPARAMS_DIR
     shutil.rmtree(folder, ignore_errors=True)
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
+    values["model_args"] = str(values["model_args"])  # issue 12: HParams takes scalars only
+    values["metrics"] = ",".join(values["metrics"])
+    values["class_weights"] = str(values["class_weights"])
     try:
         write_hparams(folder, values, {f"hparam/{k}": float(v) for k, v in metrics.items()}, step)
     except OSError as exc:

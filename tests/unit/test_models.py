@@ -82,8 +82,7 @@ def test_user_model_is_built_with_no_arguments(user_module):
 @pytest.mark.parametrize(
     "attr, match",
     [
-        ("NeedsArgs", r"--model {name}:NeedsArgs: NeedsArgs\(\) failed \(TypeError: .*width.*\); "
-                      r"the class must build with no arguments"),
+        ("NeedsArgs", r"--model {name}:NeedsArgs needs argument 'width': pass --model-arg width=VALUE"),
         ("Exploding", r"--model {name}:Exploding: Exploding\(\) failed \(RuntimeError: weights file not found\)"),
         ("NotAModule", r"--model {name}:NotAModule is not a torch.nn.Module subclass"),
         ("Missing", r"--model {name}:Missing: module '{name}' has no attribute 'Missing'"),
