@@ -61,7 +61,7 @@ def test_sigterm_mid_epoch_then_resume_with_augmentation_is_exact(tmp_path, augm
     first = run_train(*args, "--output-dir", str(tmp_path / "run"), cwd=tmp_path, SIGNAL_AT="8:TERM")
     assert first.returncode == 143, first.stderr
     assert re.search(r"stopped by SIGTERM at iteration 8 \(epoch 2\)", first.stdout), first.stdout
-    done = run_train("--resume", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    done = run_train("--resume", str(tmp_path / "run"), "--trust-config", "--no-progress", cwd=tmp_path)  # the run names our test module
     assert done.returncode == 0, done.stderr
     got = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_15.pt", require_checksum=True)
     want = ckpt.read_checkpoint(tmp_path / "ref" / "checkpoints" / "checkpoint_15.pt", require_checksum=True)

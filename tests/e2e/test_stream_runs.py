@@ -45,7 +45,7 @@ def test_sigterm_mid_epoch_then_resume_of_a_stateful_stream_is_exact(tmp_path):
     assert re.search(r"stopped by SIGTERM at iteration 10 \(epoch 3\)", first.stdout), first.stdout
     saved = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_10.pt", require_checksum=True)
     assert saved["data_stream"] == {"pos": 80}
-    done = run_train("--resume", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    done = run_train("--resume", str(tmp_path / "run"), "--trust-config", "--no-progress", cwd=tmp_path)  # the run names our test module
     assert done.returncode == 0, done.stderr
     got = ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_16.pt", require_checksum=True)
     want = ckpt.read_checkpoint(tmp_path / "ref" / "checkpoints" / "checkpoint_16.pt", require_checksum=True)
@@ -62,7 +62,7 @@ def test_a_stream_without_state_says_it_restarts(tmp_path):
     first = run_train(*args, cwd=tmp_path, SIGNAL_AT="6:TERM")
     assert first.returncode == 143, first.stderr
     assert "data_stream" not in ckpt.read_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_6.pt")
-    done = run_train("--resume", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    done = run_train("--resume", str(tmp_path / "run"), "--trust-config", "--no-progress", cwd=tmp_path)  # the run names our test module
     assert done.returncode == 0, done.stderr
     assert "streams:plain has no state_dict()/load_state_dict(): the data stream restarts from its beginning" in done.stdout
     assert torch.load(tmp_path / "run" / "checkpoints" / "checkpoint_12.pt", weights_only=True)["trainer"]["iteration"] == 12
