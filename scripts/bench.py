@@ -4,15 +4,21 @@
 Default mode, in one process, interleaved and repeated (after warm-up epochs):
   plain   the plain loop of scripts/plain_loop.py: DataLoader(TensorDataset, shuffle=True), .to(device),
           zero_grad / forward / loss / backward / step, then a no_grad validation pass in eval mode;
+          torch's default (per-tensor) Adam, as a user writes it by hand;
+  fused   the same loop with Adam(fused=True), the optimizer kernel ignite_app uses: like for like;
+  floor   the eager floor: batches sliced once before timing, then only forward / loss / backward /
+          fused Adam step and the validation pass (no loader, no shuffling, no handlers);
   loader  ignite_app's pipeline as `train` builds it (validation metrics, TensorBoard, a checkpoint per
           epoch, early stopping, the progress bar, loss tracking) on the DataLoader path (--no-in-memory);
   memory  the same pipeline on the in-memory path (the default for tensor data).
-Same model, data, batch size, optimizer and device. Peak memory and the time from launch to the first
+Same model, data, batch size, optimizer (Adam, lr 1e-3) and device. Every variant's epoch time is
+divided by each baseline's (plain, fused, floor) of the same round. Peak memory and the time from launch to the first
 iteration come from one fresh process per variant. --amp, --channels-last, --compile and --cuda-graph apply to the
 pipeline only: the plain loop stays plain.
 
 --whole-run times whole processes instead, start-up included: `python scripts/train.py` on digits
-against `python scripts/plain_loop.py` for the same number of epochs, alternating, several times.
+against `python scripts/plain_loop.py` (default Adam) and `python scripts/plain_loop.py --fused` for the same
+number of epochs, in rotating order, several times.
 
     python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
@@ -40,9 +46,12 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "plain": "plain loop (DataLoader)",
+    "fused": "plain loop, fused Adam",
+    "floor": "eager floor",
     "loader": "ignite_app, DataLoader path",
     "memory": "ignite_app, in-memory path",
 }
+BASELINES = ("plain", "fused", "floor")  # what every variant is divided by
 MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet"}
 SEED = 0
 
@@ -100,16 +109,16 @@ def load_data(work: Workload) -> Any:
 class Plain:
     """The plain loop of scripts/plain_loop.py on the benchmark data."""
 
-    def __init__(self, work: Workload, device: Any) -> None:
+    def __init__(self, work: Workload, device: Any, fused: bool = False) -> None:
         import torch
-        from plain_loop import make_loaders
+        from plain_loop import make_loaders, make_optimizer
 
         from ignite_app.models import build_model
 
         splits = load_data(work)
         torch.manual_seed(SEED)  # the same initial weights as the pipeline's model
         self.model = build_model(MODELS[work.model], splits.spec).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.optimizer = make_optimizer(self.model, fused)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.train_loader, self.val_loader = make_loaders(
             (splits.train.x, splits.train.y), (splits.val.x, splits.val.y), work.batch_size)
@@ -129,6 +138,55 @@ class Plain:
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+class Floor:
+    """The eager floor: what any loop must do, and nothing else.
+
+    The batches are sliced once, before timing, in one shuffled order; an epoch is forward / loss /
+    backward / fused Adam step per batch, then the validation pass of the plain loop.
+    """
+
+    def __init__(self, work: Workload, device: Any) -> None:
+        import torch
+        from plain_loop import make_optimizer
+
+        from ignite_app.models import build_model
+
+        splits = load_data(work)
+        torch.manual_seed(SEED)
+        self.model = build_model(MODELS[work.model], splits.spec).to(device)
+        self.optimizer = make_optimizer(self.model, fused=True)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(SEED))
+        self.train_batches: Any = sliced(splits.train.x[order], splits.train.y[order], work.batch_size, device)
+        self.val_batches = sliced(splits.val.x, splits.val.y, work.batch_size, device)
+        self.device = device
+        self.samples = len(splits.train)
+
+    def epoch(self) -> None:
+        """One training epoch and one validation pass."""
+        from plain_loop import validate
+
+        self.model.train()
+        for x, y in self.train_batches:
+            self.optimizer.zero_grad()
+            self.loss_fn(self.model(x), y).backward()
+            self.optimizer.step()
+        validate(self.model, self.loss_fn, self.val_batches, self.device)
+
+    def on_first_iteration(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the first training batch is taken."""
+        self.train_batches = _FirstBatch(self.train_batches, callback)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def sliced(x: Any, y: Any, batch_size: int, device: Any) -> list[tuple[Any, Any]]:
+    """``(x, y)`` on ``device`` as a list of contiguous batches."""
+    x, y = x.to(device).contiguous(), y.to(device).contiguous()
+    return list(zip(x.split(batch_size), y.split(batch_size)))
 
 
 class _FirstBatch:
@@ -191,10 +249,12 @@ class Pipeline:
         self.null.close()
 
 
-def build_variant(name: str, work: Workload, device: Any, out_dir: Path) -> Plain | Pipeline:
+def build_variant(name: str, work: Workload, device: Any, out_dir: Path) -> Plain | Floor | Pipeline:
     """One of VARIANTS, ready to run epochs."""
-    if name == "plain":
-        return Plain(work, device)
+    if name in ("plain", "fused"):
+        return Plain(work, device, fused=name == "fused")
+    if name == "floor":
+        return Floor(work, device)
     from ignite_app.fastimport import import_ignite
 
     import_ignite()  # as the ignite-app command does, before anything imports ignite
@@ -226,7 +286,7 @@ class Timings:
     cpu: dict[str, list[float]]
 
 
-def interleave(variants: dict[str, Plain | Pipeline], warmup: int, epochs: int, device: Any) -> Timings:
+def interleave(variants: dict[str, Plain | Floor | Pipeline], warmup: int, epochs: int, device: Any) -> Timings:
     """Run every variant's epochs in rounds; the order rotates every round so no variant always goes first."""
     names = list(variants)
     out = Timings(first={}, wall={name: [] for name in names}, cpu={name: [] for name in names})
@@ -301,40 +361,50 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def paired_ratios(times: dict[str, list[float]], name: str) -> list[float]:
-    """Per-round ratios of ``name``'s epoch time to the plain loop's (a round shares the machine's load)."""
-    if "plain" not in times:
+def paired_ratios(times: dict[str, list[float]], name: str, base: str = "plain") -> list[float]:
+    """Per-round ratios of ``name``'s time to ``base``'s (a round shares the machine's load)."""
+    if base not in times:
         return [float("nan")]
-    return [t / p for t, p in zip(times[name], times["plain"])]
+    return [t / b for t, b in zip(times[name], times[base])]
 
 
 def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dict[str, dict[str, float]]) -> None:
-    """Print the results table."""
+    """Print the results: one table of times and memory, one of ratios to every baseline."""
     mem_key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
     print(f"\n{describe_machine(args)}")
     print(f"workload: {args.model} on {describe_data(args)}, {samples} train samples, batch {args.batch_size}, "
           f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} ({args.compile_mode}), "
           f"cuda_graph {args.cuda_graph} (pipeline only); "
           f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
-    header = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
+    header = ["variant", "s/epoch", "samples/s", "CPU s/epoch",
               "peak CUDA MiB" if mem_key == "peak_cuda_mib" else "peak RSS MiB", "mem x plain",
               "launch to 1st iter s", "first epoch s"]
     plain_mem = probes.get("plain", {}).get(mem_key)
     rows = []
     for name, wall in timings.wall.items():
-        ratios = paired_ratios(timings.wall, name)
         mem = probes.get(name, {}).get(mem_key)
         rows.append([
-            VARIANTS[name], spread(wall), f"{samples / statistics.median(wall):,.0f}", spread(ratios),
-            f"{1 / statistics.median(ratios):.2f}", spread(timings.cpu[name]), spread(paired_ratios(timings.cpu, name)),
+            VARIANTS[name], spread(wall), f"{samples / statistics.median(wall):,.0f}", spread(timings.cpu[name]),
             _fmt(mem, "{:.0f}"), _fmt(mem / plain_mem if mem and plain_mem else None, "{:.3f}"),
             _fmt(probes.get(name, {}).get("first_iteration_s"), "{:.2f}"), f"{timings.first[name]:.3f}",
         ])
     print_table(header, rows)
-    print("\nmedian (min-max) over the measured epochs. time x plain: per-round ratio of epoch times (wall); "
-          "samples/s x plain = 1 / its median. CPU: process CPU time (all threads), less sensitive to other load. "
-          "Memory and launch to first iteration: one fresh process per variant. first epoch: the first warm-up "
-          "epoch, which includes torch.compile with --compile.")
+    print()
+    print_table(*ratio_table(timings))
+    print("\nmedian (min-max) over the measured epochs. x plain / x fused / x floor: per-round ratio of epoch times "
+          "to the plain loop with torch's default Adam, the plain loop with Adam(fused=True) (ignite_app's optimizer: "
+          "like for like) and the eager floor (pre-sliced batches, step and validation only); below 1 is faster. "
+          "CPU: process CPU time (all threads), less sensitive to other load. Memory and launch to first iteration: "
+          "one fresh process per variant. first epoch: the first warm-up epoch, which includes torch.compile with --compile.")
+
+
+def ratio_table(timings: Timings) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: every variant's wall and CPU time over each baseline that ran."""
+    bases = [b for b in BASELINES if b in timings.wall]
+    header = ["variant"] + [f"time x {b}" for b in bases] + [f"CPU x {b}" for b in bases]
+    rows = [[VARIANTS[name]] + [spread(paired_ratios(timings.wall, name, b)) for b in bases]
+            + [spread(paired_ratios(timings.cpu, name, b)) for b in bases] for name in timings.wall]
+    return header, rows
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -357,7 +427,8 @@ def describe_machine(args: argparse.Namespace) -> str:
     if args.device.startswith("cuda") and torch.cuda.is_available():
         where = torch.cuda.get_device_name(torch.device(args.device))
     else:
-        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({usable} usable)"
     return (f"machine: {where}; torch {torch.__version__}; threads {args.threads}; "
             f"python {platform.python_version()}; {date.today().isoformat()}")
 
@@ -372,26 +443,22 @@ def describe_data(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- whole runs
 
 
+WHOLE_COMMANDS = {"ignite_app": "python scripts/train.py", "plain": "python scripts/plain_loop.py",
+                  "fused": "python scripts/plain_loop.py --fused"}
+
+
 def whole_run(args: argparse.Namespace) -> None:
-    """Time `scripts/train.py` and `scripts/plain_loop.py` as whole processes, alternating, start-up included."""
+    """Time `scripts/train.py` and `scripts/plain_loop.py` (default and fused Adam) as whole processes, start-up included."""
     env = thread_env(args.threads)
-    results: dict[str, list[float]] = {"plain": [], "ignite_app": []}
-    cpu: dict[str, list[float]] = {"plain": [], "ignite_app": []}
-    peaks: dict[str, list[float]] = {"plain": [], "ignite_app": []}
+    names = list(WHOLE_COMMANDS)  # ignite_app first in the first round: it tells the plain loops how many epochs
+    results: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[float]] = {name: [] for name in names}
     epochs_done = None
     with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
         for rep in range(args.reps):
-            order = ["ignite_app", "plain"] if rep % 2 == 0 else ["plain", "ignite_app"]
-            for kind in order:
-                if kind == "ignite_app":
-                    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--device", args.device, "--model", args.model,
-                           "--epochs", str(args.whole_epochs), "--batch-size", str(args.batch_size),
-                           "--output-dir", str(Path(tmp) / f"run{rep}")]
-                else:
-                    cmd = [sys.executable, str(REPO / "scripts" / "plain_loop.py"), "--device", args.device,
-                           "--model", args.model, "--epochs", str(epochs_done), "--batch-size", str(args.batch_size),
-                           "--output", str(Path(tmp) / f"plain{rep}.pt")]
-                seconds, usage, out = run_process(cmd, env)
+            for kind in names[rep % len(names):] + names[: rep % len(names)]:
+                seconds, usage, out = run_process(whole_command(kind, args, epochs_done, Path(tmp) / f"{kind}{rep}"), env)
                 results[kind].append(seconds)
                 cpu[kind].append(usage.ru_utime + usage.ru_stime)
                 peaks[kind].append(usage.ru_maxrss / 1024)
@@ -399,15 +466,25 @@ def whole_run(args: argparse.Namespace) -> None:
                     epochs_done = epochs_trained(out)
     print(f"\n{describe_machine(args)}")
     print(f"whole runs: {args.model} on digits, batch {args.batch_size}, {epochs_done} epochs each, "
-          f"{args.reps} alternating repetitions, start-up included\n")
-    rows = []
-    for kind in ("plain", "ignite_app"):
-        label = "python scripts/plain_loop.py" if kind == "plain" else "python scripts/train.py"
-        rows.append([label, spread(results[kind], 2), spread(paired_ratios(results, kind)), spread(cpu[kind], 2),
-                     spread(paired_ratios(cpu, kind)), f"{statistics.median(peaks[kind]):.0f}"])
-    print_table(["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"], rows)
-    print("\nmedian (min-max) over the repetitions; x plain: per-repetition ratio to the plain script's run. "
-          "CPU: user + system time of the whole process.")
+          f"{args.reps} repetitions in rotating order, start-up included\n")
+    rows = [[WHOLE_COMMANDS[kind], spread(results[kind], 2), spread(paired_ratios(results, kind)),
+             spread(paired_ratios(results, kind, "fused")), spread(cpu[kind], 2), spread(paired_ratios(cpu, kind)),
+             spread(paired_ratios(cpu, kind, "fused")), f"{statistics.median(peaks[kind]):.0f}"]
+            for kind in ("plain", "fused", "ignite_app")]
+    print_table(["command", "wall s", "time x plain", "time x fused", "CPU s", "CPU x plain", "CPU x fused",
+                 "peak RSS MiB"], rows)
+    print("\nmedian (min-max) over the repetitions; x plain / x fused: per-repetition ratio to the plain script's run "
+          "with torch's default Adam / with Adam(fused=True). CPU: user + system time of the whole process.")
+
+
+def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: Path) -> list[str]:
+    """The command line of one whole run."""
+    if kind == "ignite_app":
+        return [sys.executable, str(REPO / "scripts" / "train.py"), "--device", args.device, "--model", args.model,
+                "--epochs", str(args.whole_epochs), "--batch-size", str(args.batch_size), "--output-dir", str(out)]
+    return [sys.executable, str(REPO / "scripts" / "plain_loop.py"), "--device", args.device, "--model", args.model,
+            "--epochs", str(epochs), "--batch-size", str(args.batch_size), "--output", f"{out}.pt",
+            *(["--fused"] if kind == "fused" else [])]
 
 
 def run_process(cmd: list[str], env: dict[str, str]) -> tuple[float, Any, str]:
@@ -472,9 +549,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cuda-graph", action="store_true", help="pipeline only: replay each training step as a CUDA graph")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile, e.g. reduce-overhead [default]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
-    p.add_argument("--variants", default="plain,loader,memory", help="comma-separated subset of plain,loader,memory")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--no-probes", action="store_true", help="skip the per-variant processes (memory, start-up)")
-    p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py instead")
+    p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py (default and --fused) instead")
     p.add_argument("--whole-epochs", type=int, default=20, help="--whole-run: epochs of each run [20]")
     p.add_argument("--reps", type=int, default=5, help="--whole-run: repetitions of each command [5]")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
