@@ -54,6 +54,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--time-limit", help="Stop cleanly with a resumable checkpoint after this wall time, e.g. 3h30m."),
     click.option("--in-memory/--no-in-memory", default=None, help="Batch tensor datasets straight from memory instead of a DataLoader. [default: on]"),
     click.option("--backend", type=click.Choice(BACKENDS), help="torch.distributed backend under torchrun. [default: nccl on CUDA, else gloo]"),
+    # issue 16: CPU threads
+    click.option("--threads", type=int, help="torch CPU threads, DataLoader workers too. [default: torch's choice, at most the CPUs this process may use]"),
 ]
 
 

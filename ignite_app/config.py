@@ -65,6 +65,8 @@ class Config:
     in_memory: bool = True
     backend: str | None = None
     resume: str | None = None
+    # issue 16: torch CPU threads; None until a run resolves it (threads.use_threads), then recorded in config.yaml
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -98,6 +100,7 @@ class Config:
             _check_positive("time-limit", self.time_limit)
         if self.cuda_graph:
             _check_cuda_graph(self)
+        _check_threads(self.threads)
 
     @property
     def is_user_model(self) -> bool:
@@ -205,6 +208,7 @@ _NUMERIC_KEYS = {
     "epochs": int, "batch_size": int, "seed": int, "patience": int, "num_workers": int,
     "n_saved": int, "log_every": int, "grad_accum": int,
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
+    "threads": int,  # issue 16
 }
 
 
@@ -235,6 +239,12 @@ def _check_cuda_graph(cfg: Config) -> None:
     for flag, bad, fix in conflicts:
         if bad:
             raise UserError(f"--cuda-graph does not work with {flag}: {fix}, or drop --cuda-graph")
+
+
+def _check_threads(threads: Any) -> None:
+    """``--threads``: unset (resolved when the run starts) or a positive integer."""
+    if threads is not None:
+        _check_number("threads", threads, minimum=1)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

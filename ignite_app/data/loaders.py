@@ -6,6 +6,7 @@ as an uninterrupted one, and can start in the middle of an epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -101,8 +102,12 @@ def make_loader(
     num_workers: int,
     device: torch.device,
     seed: int,
+    threads: int | None = None,
 ) -> InMemoryLoader | DataLoader:
-    """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``."""
+    """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``.
+
+    ``threads``: torch threads in each worker process (torch's default there is 1).
+    """
     if in_memory and isinstance(dataset, ArrayDataset):
         return InMemoryLoader(dataset, batch_size, sampler, device if device.type == "cuda" else None)
     array = isinstance(dataset, ArrayDataset)
@@ -117,7 +122,13 @@ def make_loader(
         # (which would shift dropout masks after a mid-epoch resume).
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=functools.partial(set_worker_threads, threads) if threads and num_workers else None,
     )
+
+
+def set_worker_threads(threads: int, worker_id: int) -> None:
+    """``worker_init_fn`` of DataLoader workers: the run's thread count instead of torch's 1 per worker."""
+    torch.set_num_threads(threads)
 
 
 def epoch_length(sampler: EpochSampler, batch_size: int) -> int:

@@ -36,6 +36,7 @@ from ignite_app.train.handlers import (
     LossTracker, attach_early_stopping, attach_epoch_summary, attach_loss_tracker, attach_validation,
 )
 from ignite_app.train.state import GradState, Meta, RNGState
+from ignite_app.train.threads import use_threads
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -110,6 +111,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     """Data, model, optimizer and engines for ``cfg``: every option that changes the model or the step applies."""
+    cfg = use_threads(cfg)  # issue 16: the resolved count is what config.yaml records
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
@@ -156,7 +158,7 @@ def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampl
 def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: torch.device) -> Loader:
     """The batches of ``data`` in ``sampler``'s order, as ``cfg`` asks (in memory or through a DataLoader)."""
     return make_loader(data, cfg.batch_size, sampler, in_memory=cfg.in_memory, num_workers=cfg.num_workers,
-                       device=device, seed=cfg.seed)
+                       device=device, seed=cfg.seed, threads=cfg.threads)
 
 
 def build_evaluation(cfg: Config, model: torch.nn.Module, spec: DataSpec, data: Dataset,
