@@ -227,6 +227,20 @@ def _quiet_ignite() -> None:
     logging.getLogger("ignite").setLevel(logging.CRITICAL)  # we report errors ourselves, in one line
 
 
+def _inference_start(checkpoint: Path) -> None:
+    """Issue 16: a missing path or a folder that is no run fails at once; then ignite is imported as ``train``
+    does, without FSDP/DTensor and boto3 (~1 s less), before anything else imports it."""
+    from ignite_app.io.paths import require_run_dir, resolve_checkpoint
+
+    if not checkpoint.exists():
+        resolve_checkpoint(checkpoint)  # raises its one-line error; imports nothing
+    if checkpoint.is_dir():
+        require_run_dir(checkpoint)
+    from ignite_app.fastimport import import_ignite
+
+    import_ignite()
+
+
 @main.command("logs")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
@@ -254,7 +268,9 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
               help="Which part of the fixed 80/20 split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
-def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool) -> None:
+@click.option("--batch-size", type=int, help="Samples per batch. [default: up to 4096, as memory allows]")  # issue 16
+def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str, device: str, as_json: bool,
+                     batch_size: int | None) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -266,11 +282,12 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 
         from ignite_app.io.paths import resolve_checkpoint
 
+        _inference_start(checkpoint)
         resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
-        result = evaluate(checkpoint, dataset, target, split, device)
+        result = evaluate(checkpoint, dataset, target, split, device, batch_size)
         click.echo(json.dumps(result.metrics) if as_json else format_evaluation(result))
         return 0
 
@@ -287,16 +304,19 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
               help="CSV (label, prob_0, ... or output_0, ...) or NPZ (labels and probabilities, or outputs).")
 @click.option("--target", help="The column to drop from a CSV --input that has one column more than the features.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str) -> None:
+@click.option("--batch-size", type=int, help="Samples per batch. [default: up to 4096, as memory allows]")  # issue 16
+def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
+                    batch_size: int | None) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
         from ignite_app.io.paths import resolve_checkpoint
 
+        _inference_start(checkpoint)
         resolve_checkpoint(checkpoint)  # a wrong path fails before torch is imported
         from ignite_app.tools.inference import predict
 
-        count = predict(checkpoint, input_path, output_path, target, device)
+        count = predict(checkpoint, input_path, output_path, target, device, batch_size)
         click.echo(f"wrote {count} predictions to {output_path}")
         return 0
 

@@ -27,6 +27,7 @@ from ignite_app.errors import UserError
 from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.models import build_model
 from ignite_app.io.paths import output_file, resolve_checkpoint, run_config
+from ignite_app.tools.batching import inference_batch_size
 
 SPLITS = ("val", "train")
 PREDICT_SUFFIXES = (".csv", ".npz")
@@ -103,8 +104,11 @@ class Evaluation:
 
 
 def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = None, split: str = "val",
-             device: str = "auto") -> Evaluation:
-    """Run Ignite's evaluator (the run's metrics) over a split of the run's data or of ``dataset``."""
+             device: str = "auto", batch_size: int | None = None) -> Evaluation:
+    """Run Ignite's evaluator (the run's metrics) over a split of the run's data or of ``dataset``.
+
+    ``batch_size``: samples per batch (``--batch-size``); by default as many as memory allows, up to 4096.
+    """
     if split not in SPLITS:
         raise UserError(f"invalid --split {split!r}: choose val or train")
     trained = load_trained(checkpoint, device)
@@ -112,6 +116,7 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     splits = load_splits(cfg)
     check_data_fits(splits.spec, trained.spec, cfg.dataset)
     data = splits.val if split == "val" else splits.train
+    cfg = cfg.replace(batch_size=inference_batch_size(trained.spec.input_shape, trained.device, batch_size))  # issue 16
     evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device)
     evaluator.run(loader)
     metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
@@ -175,13 +180,13 @@ def _npz_features(path: Path, features: int) -> np.ndarray:
     return x.reshape(len(x), features)
 
 
-def run_model(trained: Trained, x: torch.Tensor) -> torch.Tensor:
+def run_model(trained: Trained, x: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
     """The model's outputs for ``x``, in batches, without gradients, on the CPU."""
     forward = make_model_fn(trained.device, trained.cfg.amp)
     outputs = []
     with torch.no_grad():
-        for start in range(0, len(x), PREDICT_BATCH):
-            outputs.append(forward(trained.model, x[start : start + PREDICT_BATCH].to(trained.device)).float().cpu())
+        for start in range(0, len(x), batch_size):
+            outputs.append(forward(trained.model, x[start : start + batch_size].to(trained.device)).float().cpu())
     return torch.cat(outputs)
 
 
@@ -199,23 +204,30 @@ def write_predictions(arrays: dict[str, np.ndarray], path: Path) -> None:
         np.savez(buffer, **arrays)
         atomic_write_bytes(path, buffer.getvalue())
         return
+    atomic_write_bytes(path, csv_bytes(arrays))
+
+
+def csv_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The CSV text of :func:`write_predictions`, formatted by ``numpy.savetxt`` (~2x faster than joining strings)."""
     if "labels" in arrays:
         probs = arrays["probabilities"]
         header = ["label"] + [f"prob_{k}" for k in range(probs.shape[1])]
-        rows = [[str(int(label))] + [f"{p:.6g}" for p in row] for label, row in zip(arrays["labels"], probs)]
+        table, fmt = np.column_stack([arrays["labels"], probs]), ["%d"] + ["%.6g"] * probs.shape[1]
     else:
-        outputs = arrays["outputs"]
-        header = [f"output_{k}" for k in range(outputs.shape[1])]
-        rows = [[f"{v:.7g}" for v in row] for row in outputs]
-    text = "\n".join(",".join(r) for r in [header] + rows) + "\n"
-    atomic_write_bytes(path, text.encode())
+        table = arrays["outputs"]
+        header = [f"output_{k}" for k in range(table.shape[1])]
+        fmt = ["%.7g"] * table.shape[1]
+    buffer = io.BytesIO()
+    np.savetxt(buffer, table, fmt=fmt, delimiter=",", header=",".join(header), comments="")
+    return buffer.getvalue()
 
 
 def predict(checkpoint: Path, input_path: Path, output_path: Path, target: str | None = None,
-            device: str = "auto") -> int:
+            device: str = "auto", batch_size: int | None = None) -> int:
     """Predict for every sample of ``input_path`` and write the results; returns the number of samples."""
     output_file(output_path, "--output", PREDICT_SUFFIXES)
     trained = load_trained(checkpoint, device)
+    batch = inference_batch_size(trained.spec.input_shape, trained.device, batch_size)  # issue 16
     x = read_inputs(input_path, trained, target)
-    write_predictions(prediction_arrays(run_model(trained, x), trained.spec.task), output_path)
+    write_predictions(prediction_arrays(run_model(trained, x, batch), trained.spec.task), output_path)
     return len(x)
