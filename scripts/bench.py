@@ -22,6 +22,7 @@ number of epochs, in rotating order, several times.
 
     python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
+    python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
     python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
 """
@@ -487,6 +488,81 @@ def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: 
             *(["--fused"] if kind == "fused" else [])]
 
 
+# ---------------------------------------------------------------- inference commands
+
+
+def inference_run(args: argparse.Namespace) -> None:
+    """Time whole ``ignite-app predict`` / ``evaluate`` processes against scripts/plain_inference.py, rotating."""
+    env = thread_env(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        folder = Path(tmp)
+        run_process([sys.executable, str(REPO / "scripts" / "train.py"), "--model", "mlp", "--epochs", "1", "--device",
+                     "cpu", "--no-progress", "--output-dir", str(folder / "run")], env)
+        inputs, dataset = write_inference_data(args.rows, folder)
+        commands = inference_commands(folder / "run", inputs, dataset, args.rows, folder)
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        peaks: dict[str, list[float]] = {name: [] for name in commands}
+        names = list(commands)
+        for rep in range(args.reps):
+            for name in names[rep % len(names):] + names[: rep % len(names)]:
+                seconds, usage, _ = run_process(commands[name], env)
+                wall[name].append(seconds)
+                cpu[name].append(usage.ru_utime + usage.ru_stime)
+                peaks[name].append(usage.ru_maxrss / 1024)
+    print(f"\n{describe_machine(args)}")
+    print(f"whole processes on {args.rows:,} rows (MLP 64-256-256-10 trained 1 epoch on digits), CPU, "
+          f"{args.reps} repetitions in rotating order, start-up included\n")
+    rows = []
+    for name in names:
+        base = name.replace("ignite-app", "plain")
+        rows.append([name, spread(wall[name], 2), spread(paired_ratios(wall, name, base)), spread(cpu[name], 2),
+                     spread(paired_ratios(cpu, name, base)), f"{statistics.median(peaks[name]):.0f}"])
+    print_table(["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"], rows)
+    print("\nmedian (min-max) over the repetitions; x plain: per-repetition ratio to scripts/plain_inference.py doing the "
+          "same (torch.load, no_grad batches of 4096, numpy.savetxt or the mean loss and accuracy). predict: NPZ in, "
+          "CSV out; evaluate: the train split of a dataset with 1.25x the rows (the plain script reads the same file).")
+
+
+def write_inference_data(rows: int, folder: Path) -> tuple[Path, Path]:
+    """Digits tiled to ``rows`` inputs (predict) and to 1.25x ``rows`` labelled samples, whose train split has ``rows``."""
+    import numpy as np
+
+    from ignite_app.data.sources import load_splits
+    from ignite_app.config import Config
+
+    full = load_splits(Config(dataset="digits"))
+    x = torch_cat(full.train.x, full.val.x).numpy()
+    y = torch_cat(full.train.y, full.val.y).numpy()
+    take = lambda n: np.resize(np.arange(len(x)), n)  # noqa: E731
+    inputs, dataset = folder / "inputs.npz", folder / "dataset.npz"
+    np.savez(inputs, x=x[take(rows)])
+    labelled = take(rows * 5 // 4)
+    np.savez(dataset, x=x[labelled], y=y[labelled])
+    return inputs, dataset
+
+
+def torch_cat(a: Any, b: Any) -> Any:
+    """Two tensors, one after the other."""
+    import torch
+
+    return torch.cat([a, b])
+
+
+def inference_commands(run: Path, inputs: Path, dataset: Path, rows: int, folder: Path) -> dict[str, list[str]]:
+    """The four timed command lines, by name."""
+    app = [sys.executable, "-m", "ignite_app.cli"]
+    plain = [sys.executable, str(REPO / "scripts" / "plain_inference.py")]
+    return {
+        "plain predict": [*plain, "predict", str(run), str(inputs), str(folder / "plain.csv")],
+        "ignite-app predict": [*app, "predict", str(run), "--input", str(inputs), "--output", str(folder / "app.csv"),
+                               "--device", "cpu"],
+        "plain evaluate": [*plain, "evaluate", str(run), str(dataset), "--rows", str(rows)],
+        "ignite-app evaluate": [*app, "evaluate", str(run), "--dataset", f"npz:{dataset}", "--split", "train",
+                                "--device", "cpu", "--json"],
+    }
+
+
 def run_process(cmd: list[str], env: dict[str, str]) -> tuple[float, Any, str]:
     """Wall seconds, resource usage (``os.wait4``'s, of that process alone) and stdout of one command."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -554,6 +630,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py (default and --fused) instead")
     p.add_argument("--whole-epochs", type=int, default=20, help="--whole-run: epochs of each run [20]")
     p.add_argument("--reps", type=int, default=5, help="--whole-run: repetitions of each command [5]")
+    p.add_argument("--inference", action="store_true", help="time whole `ignite-app predict`/`evaluate` processes against "
+                   "scripts/plain_inference.py instead")
+    p.add_argument("--rows", type=int, default=100_000, help="--inference: rows to predict and evaluate [100000]")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     p.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
@@ -566,7 +645,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     variants = args.variants.split(",")
     if not variants or any(v not in VARIANTS for v in variants):
         p.error(f"--variants: choose from {','.join(VARIANTS)}")
-    for name in ("repeat", "samples", "batch_size", "epochs", "threads", "reps", "whole_epochs"):
+    for name in ("repeat", "samples", "batch_size", "epochs", "threads", "reps", "whole_epochs", "rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -579,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
         return run_probe(args)
     if args.whole_run:
         return whole_run(args)
+    if args.inference:
+        return inference_run(args)
     import torch
 
     from ignite_app.train.devices import resolve_device

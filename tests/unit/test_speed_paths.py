@@ -311,3 +311,12 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     seen.clear()
     app.wrap_model(model, torch.device("cpu"), False, "reduce-overhead")
     assert seen == {}
+
+
+@pytest.mark.e2e  # real processes
+def test_bench_inference_times_both_commands_against_the_plain_script():
+    out = bench("--inference", "--rows", "2000", "--reps", "1")
+    rows = table(out)
+    assert rows[0] == ["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"]
+    assert [r[0] for r in rows[1:]] == ["plain predict", "ignite-app predict", "plain evaluate", "ignite-app evaluate"]
+    assert rows[1][2] == rows[3][2] == "1.000 (1.000-1.000)" and "2,000 rows" in out
