@@ -23,6 +23,7 @@ number of epochs, in rotating order, several times.
     python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
     python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
+    python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
     python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
 """
@@ -53,7 +54,7 @@ VARIANTS = {
     "memory": "ignite_app, in-memory path",
 }
 BASELINES = ("plain", "fused", "floor")  # what every variant is divided by
-MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet"}
+MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet", "big": "bench_models:BigMLP"}
 SEED = 0
 
 
@@ -488,6 +489,105 @@ def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: 
             *(["--fused"] if kind == "fused" else [])]
 
 
+# ---------------------------------------------------------------- big checkpoints
+
+
+def big_checkpoint_run(args: argparse.Namespace) -> None:
+    """``--big-checkpoint``: the 17M-parameter MLP, each variant in a fresh process: epoch time, checkpoint stall, peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="bench-big-") as tmp:
+        data_file = write_data("digits", args.repeat, args.samples, Path(tmp))
+        results = {}
+        for rep in range(args.reps):
+            for name in (("fused", "memory") if rep % 2 == 0 else ("memory", "fused")):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-big", name, "--data-file", str(data_file),
+                       "--repeat", str(args.repeat), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+                       "--threads", str(args.threads)]
+                done = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"--probe-big {name} failed:\n{done.stderr[-3000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                for key, value in result.items():
+                    results.setdefault(name, {}).setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    report_big(args, results)
+
+
+def report_big(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> None:
+    """The stall table."""
+    print(f"\n{describe_machine(args)}")
+    print(f"workload: MLP 64-4096-4096-10 (17.1M parameters) on {describe_data(args)}, batch {args.batch_size}, "
+          f"{args.epochs} epochs per process after one warm-up epoch, {args.reps} processes per variant, alternating\n")
+    plain_rss = statistics.median(results["fused"]["peak_rss_mib"])
+    rows = []
+    for name in ("fused", "memory"):
+        r = results[name]
+        stall, stall_cpu = r.get("stall_s", [0.0]), r.get("stall_cpu_s", [0.0])
+        share = [100 * s / e for s, e in zip(stall, r["epoch_s"])] if "stall_s" in r else [0.0]
+        cpu_share = [100 * s / e for s, e in zip(stall_cpu, r["cpu_s"])] if "stall_s" in r else [0.0]
+        rss = statistics.median(r["peak_rss_mib"])
+        rows.append([VARIANTS[name], spread(r["epoch_s"]), spread(r["cpu_s"]), spread(stall), spread(share, 1),
+                     spread(stall_cpu), spread(cpu_share, 1), f"{rss:.0f}", f"{rss - plain_rss:.0f}",
+                     f"{statistics.median(r['state_mib']):.0f}"])
+    print_table(["variant", "s/epoch", "CPU s/epoch", "stall s/epoch", "stall % of epoch", "stall CPU s/epoch",
+                 "stall CPU % of CPU", "peak RSS MiB", "RSS - plain MiB", "state MiB"], rows)
+    print("\nmedian (min-max) over the measured epochs of every process. stall: wall time the training thread spends in "
+          "the checkpoint savers per epoch (best model and training checkpoint: the CPU snapshot, and any wait for writes "
+          "in flight or for the GIL); stall CPU: that thread's own CPU time there. state: model + Adam state, one copy. Peak RSS: VmHWM of each fresh process.")
+
+
+def run_big_probe(args: argparse.Namespace) -> None:
+    """``--probe-big NAME``: one warm-up and ``--epochs`` measured epochs of the big model, as one JSON line."""
+    import torch
+
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device("cpu")
+    work = Workload(data_file=Path(args.data_file), model="big", batch_size=args.batch_size, device="cpu", amp="off",
+                    channels_last=False, compile=False, compile_mode="default", cuda_graph=False, epochs=args.epochs + 1)
+    with tempfile.TemporaryDirectory(prefix="bench-big-probe-") as tmp:
+        variant = build_variant(args.probe_big, work, device, Path(tmp))
+        stalls = time_saves(variant) if isinstance(variant, Pipeline) else None
+        epoch_s, cpu_s, stall_s, stall_cpu_s = [], [], [], []
+        for epoch in range(args.epochs + 1):
+            done = len(stalls) if stalls is not None else 0
+            wall, cpu = timed(variant.epoch, device)
+            if epoch:
+                epoch_s.append(wall)
+                cpu_s.append(cpu)
+                stall_s.append(sum(w for w, _ in stalls[done:]) if stalls is not None else 0.0)
+                stall_cpu_s.append(sum(c for _, c in stalls[done:]) if stalls is not None else 0.0)
+        variant.close()
+        model = variant.model if isinstance(variant, Plain) else variant.run.raw_model
+        state_mib = 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20  # weights, exp_avg, exp_avg_sq
+    result: dict[str, Any] = {"epoch_s": epoch_s, "cpu_s": cpu_s, "peak_rss_mib": peak_rss_mib(), "state_mib": state_mib}
+    if stalls is not None:
+        result.update(stall_s=stall_s, stall_cpu_s=stall_cpu_s)
+    print(json.dumps(result))
+
+
+def time_saves(variant: Pipeline) -> list[tuple[float, float]]:
+    """Wrap the run's checkpoint savers to record each save's (wall, training-thread CPU) seconds."""
+    seconds: list[tuple[float, float]] = []
+    for checkpoint in (variant.run.train_checkpoint, variant.run.best_checkpoint):
+        checkpoint.save_handler = _TimedSaver(checkpoint.save_handler, seconds)
+    return seconds
+
+
+class _TimedSaver:
+    def __init__(self, inner: Any, seconds: list[float]) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            self.inner(*args, **kwargs)
+        finally:
+            self.seconds.append((time.perf_counter() - start, time.thread_time() - cpu))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 # ---------------------------------------------------------------- inference commands
 
 
@@ -612,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description="Benchmark ignite_app's pipeline against the plain PyTorch loop.")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
-    p.add_argument("--model", choices=sorted(MODELS), help="mlp (64-256-256-10 on digits), cnn, resnet [mlp; --whole-run: cnn]")
+    p.add_argument("--model", choices=sorted(MODELS), help="mlp (64-256-256-10 on digits), cnn, resnet, big (64-4096-4096-10) [mlp; --whole-run: cnn]")
     p.add_argument("--data", choices=("digits", "cifar"), default="digits", help="digits repeated --repeat times, or CIFAR-shaped synthetic data [digits]")
     p.add_argument("--repeat", type=int, default=10, help="digits: how many copies of the 1,797 images [10: 14,376 train samples]")
     p.add_argument("--samples", type=int, default=50_000, help="cifar: number of images [50000]")
@@ -633,7 +733,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inference", action="store_true", help="time whole `ignite-app predict`/`evaluate` processes against "
                    "scripts/plain_inference.py instead")
     p.add_argument("--rows", type=int, default=100_000, help="--inference: rows to predict and evaluate [100000]")
+    p.add_argument("--big-checkpoint", action="store_true", help="the 17M-parameter MLP (--model big): checkpoint stall "
+                   "per epoch and peak RSS, ignite_app's in-memory path against the fused plain loop, fresh processes")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--probe-big", choices=("fused", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     p.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -656,6 +759,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.probe:
         return run_probe(args)
+    if args.probe_big:
+        return run_big_probe(args)
+    if args.big_checkpoint:
+        return big_checkpoint_run(args)
     if args.whole_run:
         return whole_run(args)
     if args.inference:
