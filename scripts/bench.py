@@ -23,6 +23,7 @@ number of epochs, in rotating order, several times.
     python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
     python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
+    python scripts/bench.py --validation --epochs 30          # one validation pass: evaluator against raw no_grad
     python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
     python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
@@ -489,6 +490,43 @@ def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: 
             *(["--fused"] if kind == "fused" else [])]
 
 
+# ---------------------------------------------------------------- validation alone
+
+
+def validation_run(args: argparse.Namespace) -> None:
+    """``--validation``: one validation pass through ignite_app's evaluator against the raw no_grad pass, interleaved."""
+    import torch
+    from plain_loop import validate
+
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    passes: dict[str, Callable[[], None]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-validation-") as tmp:
+        work = workload(args, write_data(args.data, args.repeat, args.samples, Path(tmp)), epochs=1)
+        floor, pipe = Floor(work, device), build_variant("memory", work, device, Path(tmp))
+        passes["raw no_grad pass"] = lambda: validate(floor.model, floor.loss_fn, floor.val_batches, device)
+        passes["ignite_app evaluator"] = lambda: pipe.run.evaluator.run(pipe.run.val_loader)
+        wall: dict[str, list[float]] = {name: [] for name in passes}
+        cpu: dict[str, list[float]] = {name: [] for name in passes}
+        for round_ in range(args.warmup + args.epochs):
+            for name in (list(passes) if round_ % 2 == 0 else list(passes)[::-1]):
+                w, c = timed(passes[name], device)
+                if round_ >= args.warmup:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+        samples, batch = len(floor.val_batches), pipe.run.val_loader.batch_size
+        pipe.close()
+    print(f"\n{describe_machine(args)}")
+    print(f"validation of {args.model} on {describe_data(args)}: the raw pass in {samples} batches of {args.batch_size}; "
+          f"ignite_app's evaluator (create_supervised_evaluator, Ignite's Loss and Accuracy) at its validation batch "
+          f"{batch}; {args.warmup} warm-up + {args.epochs} measured passes each, alternating\n")
+    rows = [[name, spread(wall[name], 4), spread(paired_ratios(wall, name, "raw no_grad pass")), spread(cpu[name], 4),
+             spread(paired_ratios(cpu, name, "raw no_grad pass"))] for name in passes]
+    print_table(["pass", "wall s", "time x raw", "CPU s", "CPU x raw"], rows)
+
+
 # ---------------------------------------------------------------- big checkpoints
 
 
@@ -735,6 +773,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=100_000, help="--inference: rows to predict and evaluate [100000]")
     p.add_argument("--big-checkpoint", action="store_true", help="the 17M-parameter MLP (--model big): checkpoint stall "
                    "per epoch and peak RSS, ignite_app's in-memory path against the fused plain loop, fresh processes")
+    p.add_argument("--validation", action="store_true", help="time one validation pass of ignite_app's evaluator against "
+                   "the raw no_grad pass instead (--epochs passes each)")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--probe-big", choices=("fused", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -767,6 +807,8 @@ def main(argv: list[str] | None = None) -> None:
         return whole_run(args)
     if args.inference:
         return inference_run(args)
+    if args.validation:
+        return validation_run(args)
     import torch
 
     from ignite_app.train.devices import resolve_device

@@ -320,3 +320,11 @@ def test_bench_inference_times_both_commands_against_the_plain_script():
     assert rows[0] == ["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"]
     assert [r[0] for r in rows[1:]] == ["plain predict", "ignite-app predict", "plain evaluate", "ignite-app evaluate"]
     assert rows[1][2] == rows[3][2] == "1.000 (1.000-1.000)" and "2,000 rows" in out
+
+
+@pytest.mark.e2e  # a real process
+def test_bench_validation_times_the_evaluator_against_the_raw_pass():
+    rows = table(bench("--validation", "--repeat", "1", "--warmup", "0", "--epochs", "2"))
+    assert rows[0] == ["pass", "wall s", "time x raw", "CPU s", "CPU x raw"]
+    assert [r[0] for r in rows[1:]] == ["raw no_grad pass", "ignite_app evaluator"]
+    assert rows[1][2] == "1.000 (1.000-1.000)"
