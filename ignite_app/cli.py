@@ -47,7 +47,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format for image models."),
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
     click.option("--compile-mode", type=click.Choice(COMPILE_MODES), help="torch.compile mode; reduce-overhead replays CUDA graphs, for small models on GPUs." + default_hint("compile_mode")),
-    click.option("--cuda-graph/--no-cuda-graph", default=None, help="Replay each training step as one CUDA graph (small models on GPUs)."),
+    click.option("--cuda-graph/--no-cuda-graph", default=None, help="Replay each training step as one CUDA graph (small models on GPUs). [default: on for one CUDA process where the options allow; a step that cannot be recorded runs eagerly]"),
     click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + default_hint("grad_accum")),
     click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value (after unscaling)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic kernels (slower on GPU; CPU runs are exact anyway)."),

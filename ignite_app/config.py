@@ -57,7 +57,7 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None  # issue 16: None = on where it can record (one CUDA process, see train/cudagraph.py)
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     deterministic: bool = False
@@ -82,8 +82,9 @@ class Config:
         for name in ("target", "output_dir", "resume"):
             _check_text(name, getattr(self, name), optional=True)
         _check_flag("progress", self.progress, optional=True)
-        for name in ("channels_last", "compile", "cuda_graph", "deterministic", "in_memory"):
+        for name in ("channels_last", "compile", "deterministic", "in_memory"):
             _check_flag(name, getattr(self, name), optional=False)
+        _check_flag("cuda_graph", self.cuda_graph, optional=True)  # issue 16: None is automatic
         _check_number("epochs", self.epochs, minimum=1)
         _check_number("batch-size", self.batch_size, minimum=1)
         _check_number("patience", self.patience, minimum=0)

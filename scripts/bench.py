@@ -219,7 +219,7 @@ class Pipeline:
         cfg = Config(
             dataset=f"npz:{work.data_file}", model=MODELS[work.model], batch_size=work.batch_size, epochs=work.epochs,
             seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile, compile_mode=work.compile_mode,
-            cuda_graph=work.cuda_graph,
+            cuda_graph=work.cuda_graph or None,  # None: ignite_app's default (graphs on one CUDA process)
             in_memory=in_memory, output_dir=str(out_dir), progress=True,
             patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
         )

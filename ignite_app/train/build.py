@@ -37,6 +37,7 @@ from ignite_app.train.handlers import (
 )
 from ignite_app.train.state import GradState, Meta, RNGState
 from ignite_app.train.threads import use_threads
+from ignite_app.train.cudagraph import note_on_stderr, wants_cuda_graph
 
 Echo = Callable[[str], None]
 Loader = InMemoryLoader | DataLoader
@@ -88,7 +89,7 @@ def pick_device(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     if in_process_group():
         device = local_device(device, cfg.device, idist.get_local_rank(), torch.cuda.device_count())
-    if cfg.cuda_graph and device.type != "cuda":
+    if cfg.cuda_graph and device.type != "cuda":  # set explicitly (None: automatic, see wants_cuda_graph)
         raise UserError(f"--cuda-graph needs a CUDA device, not {device}: pass --device cuda:0, or drop --cuda-graph")
     if cfg.cuda_graph and in_process_group():
         raise UserError("--cuda-graph runs in one process only: drop --cuda-graph under torchrun or srun")
@@ -127,9 +128,11 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
             add_gradient_clipping(optimizer, cfg.clip_grad_norm)
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
     scaler = make_scaler(device, cfg.amp)
+    graph = wants_cuda_graph(cfg, device, in_process_group())  # issue 16: on by default where it can record
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
-                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None)
+                            graph_batch_size=cfg.batch_size if graph else None,
+                            graph_fallback=note_on_stderr if cfg.cuda_graph is None else None)
     evaluator = build_evaluator(model, splits.spec.task, device, amp=cfg.amp, channels_last=cfg.channels_last)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch_order(e, train_sampler, cfg.batch_size))
     return Pipeline(cfg=cfg, device=device, splits=splits, raw_model=raw_model, model=model, optimizer=optimizer,

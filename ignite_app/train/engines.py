@@ -137,6 +137,7 @@ def build_trainer(
     grad_accum: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     graph_batch_size: int | None = None,
+    graph_fallback: Callable[[str], None] | None = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor.
 
@@ -151,7 +152,7 @@ def build_trainer(
 
         step = supervised_training_step(handle, optimizer, loss_for(task), device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
                                         prepare_batch=prepare, output_transform=keep_loss_on_device, model_fn=model_fn)
-        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
+        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size, fallback=graph_fallback))
     if scaler is not None:
         return Engine(training_step(handle, optimizer, loss_for(task), device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
     return create_supervised_trainer(
