@@ -121,9 +121,9 @@ def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
 def attach_mid_epoch_stop(run: Run, stop: StopSignal, save: Callable[[Engine], None]) -> None:
     """Stop mid-epoch, with a save, where a stop can have been requested; free until then in one process.
 
-    In one process the check is attached only when a signal or the time limit arrives (the signal
-    handler runs before the iteration's ITERATION_COMPLETED handlers end, so the stop stays at that
-    iteration). Several processes must agree through an all-reduce, a host sync on GPUs and a round
+    In one process the check is attached only when a signal or the time limit arrives: a handler
+    appended while an iteration runs still runs in that iteration's ITERATION_COMPLETED pass, so a
+    signal stops the run at the iteration it landed in, as before. Several processes must agree through an all-reduce, a host sync on GPUs and a round
     trip on CPUs: every --log-every iterations.
     """
     def should_stop() -> bool:
