@@ -53,7 +53,7 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format for image models."),
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
     click.option("--compile-mode", type=click.Choice(COMPILE_MODES), help="torch.compile mode; reduce-overhead replays CUDA graphs, for small models on GPUs." + default_hint("compile_mode")),
-    click.option("--cuda-graph/--no-cuda-graph", default=None, help="Replay each training step as one CUDA graph (small models on GPUs)."),
+    click.option("--cuda-graph/--no-cuda-graph", default=None, help="Replay each training step as one CUDA graph (small models on GPUs). [default: on for one CUDA process where the options allow; a step that cannot be recorded runs eagerly]"),
     click.option("--grad-accum", type=int, help="Accumulate gradients over N batches per optimizer step." + default_hint("grad_accum")),
     click.option("--clip-grad-norm", type=float, help="Clip the global gradient norm to this value (after unscaling)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic kernels (slower on GPU; CPU runs are exact anyway)."),
@@ -105,6 +105,8 @@ TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Draw training batches so that every class is equally likely (with replacement)."),
     click.option("--init-weights", type=click.Path(dir_okay=False), help="Start from these weights where names and shapes "
                  "match (fine-tuning): a .safetensors file or a checkpoint of this tool."),
+    # issue 16: CPU threads
+    click.option("--threads", type=int, help="torch CPU threads, DataLoader workers too. [default: torch's choice, at most the CPUs this process may use]"),
 ]
 
 
@@ -290,6 +292,20 @@ def _quiet_ignite() -> None:
     logging.getLogger("ignite").setLevel(logging.CRITICAL)  # we report errors ourselves, in one line
 
 
+def _inference_start(checkpoint: Path) -> None:
+    """Issue 16: a missing path or a folder that is no run fails at once; then ignite is imported as ``train``
+    does, without FSDP/DTensor and boto3 (~1 s less), before anything else imports it."""
+    from ignite_app.io.paths import require_run_dir, resolve_checkpoint
+
+    if not checkpoint.exists():
+        resolve_checkpoint(checkpoint)  # raises its one-line error; imports nothing
+    if checkpoint.is_dir():
+        require_run_dir(checkpoint)
+    from ignite_app.fastimport import import_ignite
+
+    import_ignite()
+
+
 @main.command("logs")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write every scalar of every run to this CSV file.")
@@ -324,8 +340,9 @@ def logs_command(run_dirs: tuple[Path, ...], csv_path: Path | None, plot_path: P
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name to value, nothing else.")
 @click.option("--trust-config", is_flag=True, help=TRUST_HELP)
+@click.option("--batch-size", type=int, help="Samples per batch. [default: up to 4096, as memory allows]")  # issue 16
 def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, split: str | None, device: str, as_json: bool,
-                     trust_config: bool) -> None:
+                     trust_config: bool, batch_size: int | None) -> None:
     """Evaluate CHECKPOINT with the run's metrics and print them.
 
     CHECKPOINT is a checkpoint_*.pt or best_model_*.pt in a run's checkpoints/ folder, or a run
@@ -338,11 +355,12 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
         from ignite_app.io.trust import require_trusted_run
 
         require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})  # a wrong path fails before torch is imported
+        _inference_start(checkpoint)
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
         split_ = split or ("all" if dataset else "val")
-        result = evaluate(checkpoint, file_dataset(dataset) if dataset else None, target, split_, device)
+        result = evaluate(checkpoint, file_dataset(dataset) if dataset else None, target, split_, device, batch_size)
         click.echo(json.dumps({**result.metrics, **result.tables}) if as_json else format_evaluation(result))
         return 0
 
@@ -361,8 +379,9 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--trust-config", is_flag=True, help=TRUST_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.option("--batch-size", type=int, help="Samples per batch. [default: up to 4096, as memory allows]")  # issue 16
 def predict_command(checkpoint: Path, input_path: Path, output_path: Path, target: str | None, device: str,
-                    trust_config: bool, overwrite: bool) -> None:
+                    trust_config: bool, overwrite: bool, batch_size: int | None) -> None:
     """Predict with CHECKPOINT (a checkpoint file or a run directory): class probabilities and labels, or regression outputs."""
 
     def action() -> int:
@@ -371,9 +390,10 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
 
         require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
         guard_output(output_path, "--output", [input_path, *resolve_checkpoint(checkpoint)], overwrite)
+        _inference_start(checkpoint)
         from ignite_app.tools.inference import predict
 
-        count = predict(checkpoint, input_path, output_path, target, device)
+        count = predict(checkpoint, input_path, output_path, target, device, batch_size)
         click.echo(f"wrote {count} predictions to {output_path}")
         return 0
 

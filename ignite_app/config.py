@@ -65,7 +65,7 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None  # issue 16: None = on where it can record (one CUDA process, see train/cudagraph.py)
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     deterministic: bool = False
@@ -108,6 +108,8 @@ class Config:
     class_weights: Any = "none"  # none, auto, or the weights per class ("auto" is saved as the weights it found)
     balanced_sampler: bool = False
     init_weights: str | None = None
+    # issue 16: torch CPU threads; None until a run resolves it (threads.use_threads), then recorded in config.yaml
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
@@ -123,8 +125,9 @@ class Config:
         for name in ("target", "output_dir", "resume"):
             _check_text(name, getattr(self, name), optional=True)
         _check_flag("progress", self.progress, optional=True)
-        for name in ("channels_last", "compile", "cuda_graph", "deterministic", "in_memory"):
+        for name in ("channels_last", "compile", "deterministic", "in_memory"):
             _check_flag(name, getattr(self, name), optional=False)
+        _check_flag("cuda_graph", self.cuda_graph, optional=True)  # issue 16: None is automatic
         _check_number("epochs", self.epochs, minimum=1)
         _check_number("batch-size", self.batch_size, minimum=1)
         _check_number("patience", self.patience, minimum=0)
@@ -147,6 +150,7 @@ class Config:
         _check_image_options(self)  # issue 13
         _check_tabular(self)
         _check_models_and_metrics(self)  # issue 12
+        _check_threads(self.threads)
 
     @property
     def is_user_model(self) -> bool:
@@ -274,6 +278,7 @@ _NUMERIC_KEYS = {
     "lr": float, "weight_decay": float, "clip_grad_norm": float, "time_limit": float,
     "val_fraction": float, "image_size": int, "memory_budget_mb": int, "steps_per_epoch": int,  # issue 13
     "warmup_epochs": int, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float, "ema_decay": float,  # issue 12
+    "threads": int,  # issue 16
 }
 
 
@@ -357,6 +362,12 @@ def _check_tabular(cfg: Config) -> None:
     _check_text("encoding", cfg.encoding, optional=True)
     for key in ("standardize", "auto_batch"):
         _check_flag(key, getattr(cfg, key), optional=False)
+
+
+def _check_threads(threads: Any) -> None:
+    """``--threads``: unset (resolved when the run starts) or a positive integer."""
+    if threads is not None:
+        _check_number("threads", threads, minimum=1)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -4,18 +4,27 @@
 Default mode, in one process, interleaved and repeated (after warm-up epochs):
   plain   the plain loop of scripts/plain_loop.py: DataLoader(TensorDataset, shuffle=True), .to(device),
           zero_grad / forward / loss / backward / step, then a no_grad validation pass in eval mode;
+          torch's default (per-tensor) Adam, as a user writes it by hand;
+  fused   the same loop with Adam(fused=True), the optimizer kernel ignite_app uses: like for like;
+  floor   the eager floor: batches sliced once before timing, then only forward / loss / backward /
+          fused Adam step and the validation pass (no loader, no shuffling, no handlers);
   loader  ignite_app's pipeline as `train` builds it (validation metrics, TensorBoard, a checkpoint per
           epoch, early stopping, the progress bar, loss tracking) on the DataLoader path (--no-in-memory);
   memory  the same pipeline on the in-memory path (the default for tensor data).
-Same model, data, batch size, optimizer and device. Peak memory and the time from launch to the first
+Same model, data, batch size, optimizer (Adam, lr 1e-3) and device. Every variant's epoch time is
+divided by each baseline's (plain, fused, floor) of the same round. Peak memory and the time from launch to the first
 iteration come from one fresh process per variant. --amp, --channels-last, --compile and --cuda-graph apply to the
 pipeline only: the plain loop stays plain.
 
 --whole-run times whole processes instead, start-up included: `python scripts/train.py` on digits
-against `python scripts/plain_loop.py` for the same number of epochs, alternating, several times.
+against `python scripts/plain_loop.py` (default Adam) and `python scripts/plain_loop.py --fused` for the same
+number of epochs, in rotating order, several times.
 
     python scripts/bench.py                                   # MLP on digits x10, CPU, 1 thread
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
+    python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
+    python scripts/bench.py --validation --epochs 30          # one validation pass: evaluator against raw no_grad
+    python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
     python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
 """
@@ -40,10 +49,13 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "plain": "plain loop (DataLoader)",
+    "fused": "plain loop, fused Adam",
+    "floor": "eager floor",
     "loader": "ignite_app, DataLoader path",
     "memory": "ignite_app, in-memory path",
 }
-MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet"}
+BASELINES = ("plain", "fused", "floor")  # what every variant is divided by
+MODELS = {"mlp": "mlp", "cnn": "cnn", "resnet": "ignite_app.models:ResNet", "big": "bench_models:BigMLP"}
 SEED = 0
 
 
@@ -100,16 +112,16 @@ def load_data(work: Workload) -> Any:
 class Plain:
     """The plain loop of scripts/plain_loop.py on the benchmark data."""
 
-    def __init__(self, work: Workload, device: Any) -> None:
+    def __init__(self, work: Workload, device: Any, fused: bool = False) -> None:
         import torch
-        from plain_loop import make_loaders
+        from plain_loop import make_loaders, make_optimizer
 
         from ignite_app.models import build_model
 
         splits = load_data(work)
         torch.manual_seed(SEED)  # the same initial weights as the pipeline's model
         self.model = build_model(MODELS[work.model], splits.spec).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.optimizer = make_optimizer(self.model, fused)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.train_loader, self.val_loader = make_loaders(
             (splits.train.x, splits.train.y), (splits.val.x, splits.val.y), work.batch_size)
@@ -129,6 +141,55 @@ class Plain:
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+class Floor:
+    """The eager floor: what any loop must do, and nothing else.
+
+    The batches are sliced once, before timing, in one shuffled order; an epoch is forward / loss /
+    backward / fused Adam step per batch, then the validation pass of the plain loop.
+    """
+
+    def __init__(self, work: Workload, device: Any) -> None:
+        import torch
+        from plain_loop import make_optimizer
+
+        from ignite_app.models import build_model
+
+        splits = load_data(work)
+        torch.manual_seed(SEED)
+        self.model = build_model(MODELS[work.model], splits.spec).to(device)
+        self.optimizer = make_optimizer(self.model, fused=True)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(SEED))
+        self.train_batches: Any = sliced(splits.train.x[order], splits.train.y[order], work.batch_size, device)
+        self.val_batches = sliced(splits.val.x, splits.val.y, work.batch_size, device)
+        self.device = device
+        self.samples = len(splits.train)
+
+    def epoch(self) -> None:
+        """One training epoch and one validation pass."""
+        from plain_loop import validate
+
+        self.model.train()
+        for x, y in self.train_batches:
+            self.optimizer.zero_grad()
+            self.loss_fn(self.model(x), y).backward()
+            self.optimizer.step()
+        validate(self.model, self.loss_fn, self.val_batches, self.device)
+
+    def on_first_iteration(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the first training batch is taken."""
+        self.train_batches = _FirstBatch(self.train_batches, callback)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def sliced(x: Any, y: Any, batch_size: int, device: Any) -> list[tuple[Any, Any]]:
+    """``(x, y)`` on ``device`` as a list of contiguous batches."""
+    x, y = x.to(device).contiguous(), y.to(device).contiguous()
+    return list(zip(x.split(batch_size), y.split(batch_size)))
 
 
 class _FirstBatch:
@@ -158,7 +219,7 @@ class Pipeline:
         cfg = Config(
             dataset=f"npz:{work.data_file}", model=MODELS[work.model], batch_size=work.batch_size, epochs=work.epochs,
             seed=SEED, device=work.device, amp=work.amp, channels_last=work.channels_last, compile=work.compile, compile_mode=work.compile_mode,
-            cuda_graph=work.cuda_graph,
+            cuda_graph=work.cuda_graph or None,  # None: ignite_app's default (graphs on one CUDA process)
             in_memory=in_memory, output_dir=str(out_dir), progress=True,
             patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
         )
@@ -191,10 +252,12 @@ class Pipeline:
         self.null.close()
 
 
-def build_variant(name: str, work: Workload, device: Any, out_dir: Path) -> Plain | Pipeline:
+def build_variant(name: str, work: Workload, device: Any, out_dir: Path) -> Plain | Floor | Pipeline:
     """One of VARIANTS, ready to run epochs."""
-    if name == "plain":
-        return Plain(work, device)
+    if name in ("plain", "fused"):
+        return Plain(work, device, fused=name == "fused")
+    if name == "floor":
+        return Floor(work, device)
     from ignite_app.fastimport import import_ignite
 
     import_ignite()  # as the ignite-app command does, before anything imports ignite
@@ -226,7 +289,7 @@ class Timings:
     cpu: dict[str, list[float]]
 
 
-def interleave(variants: dict[str, Plain | Pipeline], warmup: int, epochs: int, device: Any) -> Timings:
+def interleave(variants: dict[str, Plain | Floor | Pipeline], warmup: int, epochs: int, device: Any) -> Timings:
     """Run every variant's epochs in rounds; the order rotates every round so no variant always goes first."""
     names = list(variants)
     out = Timings(first={}, wall={name: [] for name in names}, cpu={name: [] for name in names})
@@ -301,40 +364,50 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def paired_ratios(times: dict[str, list[float]], name: str) -> list[float]:
-    """Per-round ratios of ``name``'s epoch time to the plain loop's (a round shares the machine's load)."""
-    if "plain" not in times:
+def paired_ratios(times: dict[str, list[float]], name: str, base: str = "plain") -> list[float]:
+    """Per-round ratios of ``name``'s time to ``base``'s (a round shares the machine's load)."""
+    if base not in times:
         return [float("nan")]
-    return [t / p for t, p in zip(times[name], times["plain"])]
+    return [t / b for t, b in zip(times[name], times[base])]
 
 
 def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dict[str, dict[str, float]]) -> None:
-    """Print the results table."""
+    """Print the results: one table of times and memory, one of ratios to every baseline."""
     mem_key = "peak_cuda_mib" if args.device.startswith("cuda") else "peak_rss_mib"
     print(f"\n{describe_machine(args)}")
     print(f"workload: {args.model} on {describe_data(args)}, {samples} train samples, batch {args.batch_size}, "
           f"amp {args.amp}, channels_last {args.channels_last}, compile {args.compile} ({args.compile_mode}), "
           f"cuda_graph {args.cuda_graph} (pipeline only); "
           f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
-    header = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
+    header = ["variant", "s/epoch", "samples/s", "CPU s/epoch",
               "peak CUDA MiB" if mem_key == "peak_cuda_mib" else "peak RSS MiB", "mem x plain",
               "launch to 1st iter s", "first epoch s"]
     plain_mem = probes.get("plain", {}).get(mem_key)
     rows = []
     for name, wall in timings.wall.items():
-        ratios = paired_ratios(timings.wall, name)
         mem = probes.get(name, {}).get(mem_key)
         rows.append([
-            VARIANTS[name], spread(wall), f"{samples / statistics.median(wall):,.0f}", spread(ratios),
-            f"{1 / statistics.median(ratios):.2f}", spread(timings.cpu[name]), spread(paired_ratios(timings.cpu, name)),
+            VARIANTS[name], spread(wall), f"{samples / statistics.median(wall):,.0f}", spread(timings.cpu[name]),
             _fmt(mem, "{:.0f}"), _fmt(mem / plain_mem if mem and plain_mem else None, "{:.3f}"),
             _fmt(probes.get(name, {}).get("first_iteration_s"), "{:.2f}"), f"{timings.first[name]:.3f}",
         ])
     print_table(header, rows)
-    print("\nmedian (min-max) over the measured epochs. time x plain: per-round ratio of epoch times (wall); "
-          "samples/s x plain = 1 / its median. CPU: process CPU time (all threads), less sensitive to other load. "
-          "Memory and launch to first iteration: one fresh process per variant. first epoch: the first warm-up "
-          "epoch, which includes torch.compile with --compile.")
+    print()
+    print_table(*ratio_table(timings))
+    print("\nmedian (min-max) over the measured epochs. x plain / x fused / x floor: per-round ratio of epoch times "
+          "to the plain loop with torch's default Adam, the plain loop with Adam(fused=True) (ignite_app's optimizer: "
+          "like for like) and the eager floor (pre-sliced batches, step and validation only); below 1 is faster. "
+          "CPU: process CPU time (all threads), less sensitive to other load. Memory and launch to first iteration: "
+          "one fresh process per variant. first epoch: the first warm-up epoch, which includes torch.compile with --compile.")
+
+
+def ratio_table(timings: Timings) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: every variant's wall and CPU time over each baseline that ran."""
+    bases = [b for b in BASELINES if b in timings.wall]
+    header = ["variant"] + [f"time x {b}" for b in bases] + [f"CPU x {b}" for b in bases]
+    rows = [[VARIANTS[name]] + [spread(paired_ratios(timings.wall, name, b)) for b in bases]
+            + [spread(paired_ratios(timings.cpu, name, b)) for b in bases] for name in timings.wall]
+    return header, rows
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -357,7 +430,8 @@ def describe_machine(args: argparse.Namespace) -> str:
     if args.device.startswith("cuda") and torch.cuda.is_available():
         where = torch.cuda.get_device_name(torch.device(args.device))
     else:
-        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({usable} usable)"
     return (f"machine: {where}; torch {torch.__version__}; threads {args.threads}; "
             f"python {platform.python_version()}; {date.today().isoformat()}")
 
@@ -372,26 +446,22 @@ def describe_data(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- whole runs
 
 
+WHOLE_COMMANDS = {"ignite_app": "python scripts/train.py", "plain": "python scripts/plain_loop.py",
+                  "fused": "python scripts/plain_loop.py --fused"}
+
+
 def whole_run(args: argparse.Namespace) -> None:
-    """Time `scripts/train.py` and `scripts/plain_loop.py` as whole processes, alternating, start-up included."""
+    """Time `scripts/train.py` and `scripts/plain_loop.py` (default and fused Adam) as whole processes, start-up included."""
     env = thread_env(args.threads)
-    results: dict[str, list[float]] = {"plain": [], "ignite_app": []}
-    cpu: dict[str, list[float]] = {"plain": [], "ignite_app": []}
-    peaks: dict[str, list[float]] = {"plain": [], "ignite_app": []}
+    names = list(WHOLE_COMMANDS)  # ignite_app first in the first round: it tells the plain loops how many epochs
+    results: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[float]] = {name: [] for name in names}
     epochs_done = None
     with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
         for rep in range(args.reps):
-            order = ["ignite_app", "plain"] if rep % 2 == 0 else ["plain", "ignite_app"]
-            for kind in order:
-                if kind == "ignite_app":
-                    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--device", args.device, "--model", args.model,
-                           "--epochs", str(args.whole_epochs), "--batch-size", str(args.batch_size),
-                           "--output-dir", str(Path(tmp) / f"run{rep}")]
-                else:
-                    cmd = [sys.executable, str(REPO / "scripts" / "plain_loop.py"), "--device", args.device,
-                           "--model", args.model, "--epochs", str(epochs_done), "--batch-size", str(args.batch_size),
-                           "--output", str(Path(tmp) / f"plain{rep}.pt")]
-                seconds, usage, out = run_process(cmd, env)
+            for kind in names[rep % len(names):] + names[: rep % len(names)]:
+                seconds, usage, out = run_process(whole_command(kind, args, epochs_done, Path(tmp) / f"{kind}{rep}"), env)
                 results[kind].append(seconds)
                 cpu[kind].append(usage.ru_utime + usage.ru_stime)
                 peaks[kind].append(usage.ru_maxrss / 1024)
@@ -399,15 +469,236 @@ def whole_run(args: argparse.Namespace) -> None:
                     epochs_done = epochs_trained(out)
     print(f"\n{describe_machine(args)}")
     print(f"whole runs: {args.model} on digits, batch {args.batch_size}, {epochs_done} epochs each, "
-          f"{args.reps} alternating repetitions, start-up included\n")
+          f"{args.reps} repetitions in rotating order, start-up included\n")
+    rows = [[WHOLE_COMMANDS[kind], spread(results[kind], 2), spread(paired_ratios(results, kind)),
+             spread(paired_ratios(results, kind, "fused")), spread(cpu[kind], 2), spread(paired_ratios(cpu, kind)),
+             spread(paired_ratios(cpu, kind, "fused")), f"{statistics.median(peaks[kind]):.0f}"]
+            for kind in ("plain", "fused", "ignite_app")]
+    print_table(["command", "wall s", "time x plain", "time x fused", "CPU s", "CPU x plain", "CPU x fused",
+                 "peak RSS MiB"], rows)
+    print("\nmedian (min-max) over the repetitions; x plain / x fused: per-repetition ratio to the plain script's run "
+          "with torch's default Adam / with Adam(fused=True). CPU: user + system time of the whole process.")
+
+
+def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: Path) -> list[str]:
+    """The command line of one whole run."""
+    if kind == "ignite_app":
+        return [sys.executable, str(REPO / "scripts" / "train.py"), "--device", args.device, "--model", args.model,
+                "--epochs", str(args.whole_epochs), "--batch-size", str(args.batch_size), "--output-dir", str(out)]
+    return [sys.executable, str(REPO / "scripts" / "plain_loop.py"), "--device", args.device, "--model", args.model,
+            "--epochs", str(epochs), "--batch-size", str(args.batch_size), "--output", f"{out}.pt",
+            *(["--fused"] if kind == "fused" else [])]
+
+
+# ---------------------------------------------------------------- validation alone
+
+
+def validation_run(args: argparse.Namespace) -> None:
+    """``--validation``: one validation pass through ignite_app's evaluator against the raw no_grad pass, interleaved."""
+    import torch
+    from plain_loop import validate
+
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    passes: dict[str, Callable[[], None]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-validation-") as tmp:
+        work = workload(args, write_data(args.data, args.repeat, args.samples, Path(tmp)), epochs=1)
+        floor, pipe = Floor(work, device), build_variant("memory", work, device, Path(tmp))
+        passes["raw no_grad pass"] = lambda: validate(floor.model, floor.loss_fn, floor.val_batches, device)
+        passes["ignite_app evaluator"] = lambda: pipe.run.evaluator.run(pipe.run.val_loader)
+        wall: dict[str, list[float]] = {name: [] for name in passes}
+        cpu: dict[str, list[float]] = {name: [] for name in passes}
+        for round_ in range(args.warmup + args.epochs):
+            for name in (list(passes) if round_ % 2 == 0 else list(passes)[::-1]):
+                w, c = timed(passes[name], device)
+                if round_ >= args.warmup:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+        samples, batch = len(floor.val_batches), pipe.run.val_loader.batch_size
+        pipe.close()
+    print(f"\n{describe_machine(args)}")
+    print(f"validation of {args.model} on {describe_data(args)}: the raw pass in {samples} batches of {args.batch_size}; "
+          f"ignite_app's evaluator (create_supervised_evaluator, Ignite's Loss and Accuracy) at its validation batch "
+          f"{batch}; {args.warmup} warm-up + {args.epochs} measured passes each, alternating\n")
+    rows = [[name, spread(wall[name], 4), spread(paired_ratios(wall, name, "raw no_grad pass")), spread(cpu[name], 4),
+             spread(paired_ratios(cpu, name, "raw no_grad pass"))] for name in passes]
+    print_table(["pass", "wall s", "time x raw", "CPU s", "CPU x raw"], rows)
+
+
+# ---------------------------------------------------------------- big checkpoints
+
+
+def big_checkpoint_run(args: argparse.Namespace) -> None:
+    """``--big-checkpoint``: the 17M-parameter MLP, each variant in a fresh process: epoch time, checkpoint stall, peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="bench-big-") as tmp:
+        data_file = write_data("digits", args.repeat, args.samples, Path(tmp))
+        results = {}
+        for rep in range(args.reps):
+            for name in (("fused", "memory") if rep % 2 == 0 else ("memory", "fused")):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-big", name, "--data-file", str(data_file),
+                       "--repeat", str(args.repeat), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+                       "--threads", str(args.threads)]
+                done = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"--probe-big {name} failed:\n{done.stderr[-3000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                for key, value in result.items():
+                    results.setdefault(name, {}).setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    report_big(args, results)
+
+
+def report_big(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> None:
+    """The stall table."""
+    print(f"\n{describe_machine(args)}")
+    print(f"workload: MLP 64-4096-4096-10 (17.1M parameters) on {describe_data(args)}, batch {args.batch_size}, "
+          f"{args.epochs} epochs per process after one warm-up epoch, {args.reps} processes per variant, alternating\n")
+    plain_rss = statistics.median(results["fused"]["peak_rss_mib"])
     rows = []
-    for kind in ("plain", "ignite_app"):
-        label = "python scripts/plain_loop.py" if kind == "plain" else "python scripts/train.py"
-        rows.append([label, spread(results[kind], 2), spread(paired_ratios(results, kind)), spread(cpu[kind], 2),
-                     spread(paired_ratios(cpu, kind)), f"{statistics.median(peaks[kind]):.0f}"])
+    for name in ("fused", "memory"):
+        r = results[name]
+        stall, stall_cpu = r.get("stall_s", [0.0]), r.get("stall_cpu_s", [0.0])
+        share = [100 * s / e for s, e in zip(stall, r["epoch_s"])] if "stall_s" in r else [0.0]
+        cpu_share = [100 * s / e for s, e in zip(stall_cpu, r["cpu_s"])] if "stall_s" in r else [0.0]
+        rss = statistics.median(r["peak_rss_mib"])
+        rows.append([VARIANTS[name], spread(r["epoch_s"]), spread(r["cpu_s"]), spread(stall), spread(share, 1),
+                     spread(stall_cpu), spread(cpu_share, 1), f"{rss:.0f}", f"{rss - plain_rss:.0f}",
+                     f"{statistics.median(r['state_mib']):.0f}"])
+    print_table(["variant", "s/epoch", "CPU s/epoch", "stall s/epoch", "stall % of epoch", "stall CPU s/epoch",
+                 "stall CPU % of CPU", "peak RSS MiB", "RSS - plain MiB", "state MiB"], rows)
+    print("\nmedian (min-max) over the measured epochs of every process. stall: wall time the training thread spends in "
+          "the checkpoint savers per epoch (best model and training checkpoint: the CPU snapshot, and any wait for writes "
+          "in flight or for the GIL); stall CPU: that thread's own CPU time there. state: model + Adam state, one copy. Peak RSS: VmHWM of each fresh process.")
+
+
+def run_big_probe(args: argparse.Namespace) -> None:
+    """``--probe-big NAME``: one warm-up and ``--epochs`` measured epochs of the big model, as one JSON line."""
+    import torch
+
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device("cpu")
+    work = Workload(data_file=Path(args.data_file), model="big", batch_size=args.batch_size, device="cpu", amp="off",
+                    channels_last=False, compile=False, compile_mode="default", cuda_graph=False, epochs=args.epochs + 1)
+    with tempfile.TemporaryDirectory(prefix="bench-big-probe-") as tmp:
+        variant = build_variant(args.probe_big, work, device, Path(tmp))
+        stalls = time_saves(variant) if isinstance(variant, Pipeline) else None
+        epoch_s, cpu_s, stall_s, stall_cpu_s = [], [], [], []
+        for epoch in range(args.epochs + 1):
+            done = len(stalls) if stalls is not None else 0
+            wall, cpu = timed(variant.epoch, device)
+            if epoch:
+                epoch_s.append(wall)
+                cpu_s.append(cpu)
+                stall_s.append(sum(w for w, _ in stalls[done:]) if stalls is not None else 0.0)
+                stall_cpu_s.append(sum(c for _, c in stalls[done:]) if stalls is not None else 0.0)
+        variant.close()
+        model = variant.model if isinstance(variant, Plain) else variant.run.raw_model
+        state_mib = 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20  # weights, exp_avg, exp_avg_sq
+    result: dict[str, Any] = {"epoch_s": epoch_s, "cpu_s": cpu_s, "peak_rss_mib": peak_rss_mib(), "state_mib": state_mib}
+    if stalls is not None:
+        result.update(stall_s=stall_s, stall_cpu_s=stall_cpu_s)
+    print(json.dumps(result))
+
+
+def time_saves(variant: Pipeline) -> list[tuple[float, float]]:
+    """Wrap the run's checkpoint savers to record each save's (wall, training-thread CPU) seconds."""
+    seconds: list[tuple[float, float]] = []
+    for checkpoint in (variant.run.train_checkpoint, variant.run.best_checkpoint):
+        checkpoint.save_handler = _TimedSaver(checkpoint.save_handler, seconds)
+    return seconds
+
+
+class _TimedSaver:
+    def __init__(self, inner: Any, seconds: list[float]) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            self.inner(*args, **kwargs)
+        finally:
+            self.seconds.append((time.perf_counter() - start, time.thread_time() - cpu))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+# ---------------------------------------------------------------- inference commands
+
+
+def inference_run(args: argparse.Namespace) -> None:
+    """Time whole ``ignite-app predict`` / ``evaluate`` processes against scripts/plain_inference.py, rotating."""
+    env = thread_env(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        folder = Path(tmp)
+        run_process([sys.executable, str(REPO / "scripts" / "train.py"), "--model", "mlp", "--epochs", "1", "--device",
+                     "cpu", "--no-progress", "--output-dir", str(folder / "run")], env)
+        inputs, dataset = write_inference_data(args.rows, folder)
+        commands = inference_commands(folder / "run", inputs, dataset, args.rows, folder)
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        peaks: dict[str, list[float]] = {name: [] for name in commands}
+        names = list(commands)
+        for rep in range(args.reps):
+            for name in names[rep % len(names):] + names[: rep % len(names)]:
+                seconds, usage, _ = run_process(commands[name], env)
+                wall[name].append(seconds)
+                cpu[name].append(usage.ru_utime + usage.ru_stime)
+                peaks[name].append(usage.ru_maxrss / 1024)
+    print(f"\n{describe_machine(args)}")
+    print(f"whole processes on {args.rows:,} rows (MLP 64-256-256-10 trained 1 epoch on digits), CPU, "
+          f"{args.reps} repetitions in rotating order, start-up included\n")
+    rows = []
+    for name in names:
+        base = name.replace("ignite-app", "plain")
+        rows.append([name, spread(wall[name], 2), spread(paired_ratios(wall, name, base)), spread(cpu[name], 2),
+                     spread(paired_ratios(cpu, name, base)), f"{statistics.median(peaks[name]):.0f}"])
     print_table(["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"], rows)
-    print("\nmedian (min-max) over the repetitions; x plain: per-repetition ratio to the plain script's run. "
-          "CPU: user + system time of the whole process.")
+    print("\nmedian (min-max) over the repetitions; x plain: per-repetition ratio to scripts/plain_inference.py doing the "
+          "same (torch.load, no_grad batches of 4096, numpy.savetxt or the mean loss and accuracy). predict: NPZ in, "
+          "CSV out; evaluate: the train split of a dataset with 1.25x the rows (the plain script reads the same file).")
+
+
+def write_inference_data(rows: int, folder: Path) -> tuple[Path, Path]:
+    """Digits tiled to ``rows`` inputs (predict) and to 1.25x ``rows`` labelled samples, whose train split has ``rows``."""
+    import numpy as np
+
+    from ignite_app.data.sources import load_splits
+    from ignite_app.config import Config
+
+    full = load_splits(Config(dataset="digits"))
+    x = torch_cat(full.train.x, full.val.x).numpy()
+    y = torch_cat(full.train.y, full.val.y).numpy()
+    take = lambda n: np.resize(np.arange(len(x)), n)  # noqa: E731
+    inputs, dataset = folder / "inputs.npz", folder / "dataset.npz"
+    np.savez(inputs, x=x[take(rows)])
+    labelled = take(rows * 5 // 4)
+    np.savez(dataset, x=x[labelled], y=y[labelled])
+    return inputs, dataset
+
+
+def torch_cat(a: Any, b: Any) -> Any:
+    """Two tensors, one after the other."""
+    import torch
+
+    return torch.cat([a, b])
+
+
+def inference_commands(run: Path, inputs: Path, dataset: Path, rows: int, folder: Path) -> dict[str, list[str]]:
+    """The four timed command lines, by name."""
+    app = [sys.executable, "-m", "ignite_app.cli"]
+    plain = [sys.executable, str(REPO / "scripts" / "plain_inference.py")]
+    return {
+        "plain predict": [*plain, "predict", str(run), str(inputs), str(folder / "plain.csv")],
+        "ignite-app predict": [*app, "predict", str(run), "--input", str(inputs), "--output", str(folder / "app.csv"),
+                               "--device", "cpu"],
+        "plain evaluate": [*plain, "evaluate", str(run), str(dataset), "--rows", str(rows)],
+        "ignite-app evaluate": [*app, "evaluate", str(run), "--dataset", f"npz:{dataset}", "--split", "train",
+                                "--device", "cpu", "--json"],
+    }
 
 
 def run_process(cmd: list[str], env: dict[str, str]) -> tuple[float, Any, str]:
@@ -459,7 +750,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description="Benchmark ignite_app's pipeline against the plain PyTorch loop.")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
-    p.add_argument("--model", choices=sorted(MODELS), help="mlp (64-256-256-10 on digits), cnn, resnet [mlp; --whole-run: cnn]")
+    p.add_argument("--model", choices=sorted(MODELS), help="mlp (64-256-256-10 on digits), cnn, resnet, big (64-4096-4096-10) [mlp; --whole-run: cnn]")
     p.add_argument("--data", choices=("digits", "cifar"), default="digits", help="digits repeated --repeat times, or CIFAR-shaped synthetic data [digits]")
     p.add_argument("--repeat", type=int, default=10, help="digits: how many copies of the 1,797 images [10: 14,376 train samples]")
     p.add_argument("--samples", type=int, default=50_000, help="cifar: number of images [50000]")
@@ -469,15 +760,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="pipeline only")
     p.add_argument("--channels-last", action="store_true", help="pipeline only")
     p.add_argument("--compile", action="store_true", help="pipeline only; compile time shows in 'first epoch s'")
-    p.add_argument("--cuda-graph", action="store_true", help="pipeline only: replay each training step as a CUDA graph")
+    p.add_argument("--cuda-graph", action="store_true", help="pipeline only: force CUDA graphs (without it, ignite_app's default: graphs on one CUDA process where they can record)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile, e.g. reduce-overhead [default]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
-    p.add_argument("--variants", default="plain,loader,memory", help="comma-separated subset of plain,loader,memory")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--no-probes", action="store_true", help="skip the per-variant processes (memory, start-up)")
-    p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py instead")
+    p.add_argument("--whole-run", action="store_true", help="time scripts/train.py against scripts/plain_loop.py (default and --fused) instead")
     p.add_argument("--whole-epochs", type=int, default=20, help="--whole-run: epochs of each run [20]")
-    p.add_argument("--reps", type=int, default=5, help="--whole-run: repetitions of each command [5]")
+    p.add_argument("--reps", type=int, default=5, help="--whole-run, --inference, --big-checkpoint: repetitions (processes) of each command [5]")
+    p.add_argument("--inference", action="store_true", help="time whole `ignite-app predict`/`evaluate` processes against "
+                   "scripts/plain_inference.py instead")
+    p.add_argument("--rows", type=int, default=100_000, help="--inference: rows to predict and evaluate [100000]")
+    p.add_argument("--big-checkpoint", action="store_true", help="the 17M-parameter MLP (--model big): checkpoint stall "
+                   "per epoch and peak RSS, ignite_app's in-memory path against the fused plain loop, fresh processes")
+    p.add_argument("--validation", action="store_true", help="time one validation pass of ignite_app's evaluator against "
+                   "the raw no_grad pass instead (--epochs passes each)")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--probe-big", choices=("fused", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     p.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -489,7 +788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     variants = args.variants.split(",")
     if not variants or any(v not in VARIANTS for v in variants):
         p.error(f"--variants: choose from {','.join(VARIANTS)}")
-    for name in ("repeat", "samples", "batch_size", "epochs", "threads", "reps", "whole_epochs"):
+    for name in ("repeat", "samples", "batch_size", "epochs", "threads", "reps", "whole_epochs", "rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -500,8 +799,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.probe:
         return run_probe(args)
+    if args.probe_big:
+        return run_big_probe(args)
+    if args.big_checkpoint:
+        return big_checkpoint_run(args)
     if args.whole_run:
         return whole_run(args)
+    if args.inference:
+        return inference_run(args)
+    if args.validation:
+        return validation_run(args)
     import torch
 
     from ignite_app.train.devices import resolve_device

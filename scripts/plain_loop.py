@@ -7,6 +7,7 @@ no checkpoints but the final weights. ``scripts/bench.py`` imports its functions
 in-process comparison and runs it whole (``--whole-run``) against ``scripts/train.py``:
 
     python scripts/plain_loop.py --epochs 20 --model cnn      # digits, like scripts/train.py
+    python scripts/plain_loop.py --epochs 20 --fused          # the same with Adam(fused=True), like ignite_app
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def make_loaders(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
     """Shuffled training batches and in-order validation batches, one sample at a time as usual."""
     return (DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True),
             DataLoader(TensorDataset(*val), batch_size=batch_size))
+
+
+def make_optimizer(model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam at lr 1e-3: torch's default implementation, or its fused kernel as ignite_app uses."""
+    return torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, loader: DataLoader,
@@ -74,6 +80,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="cnn")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default=None, help="where to save the final weights")
+    parser.add_argument("--fused", action="store_true", help="Adam(fused=True), as ignite_app uses, instead of torch's default")
     args = parser.parse_args()
 
     from ignite_app.models import CNN, MLP  # the same architectures that scripts/train.py builds
@@ -82,7 +89,7 @@ def main() -> None:
     train, val = load_digits_split()
     torch.manual_seed(0)
     model = (CNN(1, 10) if args.model == "cnn" else MLP(64, 10)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, args.fused)
     loss_fn = nn.CrossEntropyLoss()
     train_loader, val_loader = make_loaders(train, val, args.batch_size)
     for epoch in range(1, args.epochs + 1):

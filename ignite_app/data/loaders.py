@@ -6,6 +6,7 @@ as an uninterrupted one, and can start in the middle of an epoch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -105,8 +106,12 @@ def make_loader(
     num_workers: int,
     device: torch.device,
     seed: int,
+    threads: int | None = None,
 ) -> InMemoryLoader | DataLoader:
-    """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``."""
+    """An :class:`InMemoryLoader` for tensor data when allowed, else a DataLoader over ``sampler``.
+
+    ``threads``: torch threads in each worker process (torch's default there is 1).
+    """
     if isinstance(dataset, IterableDataset):  # issue 13: a stream has no sampler; Ignite keeps its iterator across epochs
         return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
                           generator=torch.Generator().manual_seed(seed))
@@ -124,7 +129,13 @@ def make_loader(
         # (which would shift dropout masks after a mid-epoch resume).
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=functools.partial(set_worker_threads, threads) if threads and num_workers else None,
     )
+
+
+def set_worker_threads(threads: int, worker_id: int) -> None:
+    """``worker_init_fn`` of DataLoader workers: the run's thread count instead of torch's 1 per worker."""
+    torch.set_num_threads(threads)
 
 
 def epoch_length(sampler: EpochSampler, batch_size: int) -> int:

@@ -34,6 +34,7 @@ from ignite_app.io.atomic import atomic_write_bytes
 from ignite_app.models import build_model
 from ignite_app.models.normalize import wrap_for_weights
 from ignite_app.io.paths import output_file, resolve_checkpoint, run_config
+from ignite_app.tools.batching import inference_batch_size
 
 SPLITS = ("train", "val", "test", "all")
 PREDICT_SUFFIXES = (".csv", ".npz")
@@ -122,8 +123,11 @@ class Evaluation:
 
 
 def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = None, split: str = "val",
-             device: str = "auto") -> Evaluation:
-    """Run Ignite's evaluator (the run's metrics) over a split of the run's data or of ``dataset``."""
+             device: str = "auto", batch_size: int | None = None) -> Evaluation:
+    """Run Ignite's evaluator (the run's metrics) over a split of the run's data or of ``dataset``.
+
+    ``batch_size``: samples per batch (``--batch-size``); by default as many as memory allows, up to 4096.
+    """
     if split not in SPLITS:
         raise UserError(f"invalid --split {split!r}: choose {', '.join(SPLITS)}")
     trained = load_trained(checkpoint, device)
@@ -134,6 +138,7 @@ def evaluate(checkpoint: Path, dataset: str | None = None, target: str | None = 
     splits = load_splits(cfg, trained.preprocess)
     check_data_fits(splits.spec, trained.spec, cfg.dataset)
     data = split_data(splits, split)
+    cfg = cfg.replace(batch_size=inference_batch_size(trained.spec.input_shape, trained.device, batch_size))  # issue 16
     evaluator, loader = build_evaluation(cfg, trained.model, trained.spec, data, trained.device, trained.preprocess)
     seen = count_samples(evaluator)  # issue 13: a stream has no len()
     evaluator.run(loader)
@@ -246,13 +251,13 @@ def _npz_features(path: Path, features: int) -> np.ndarray:
     return x.reshape(len(x), features)
 
 
-def run_model(trained: Trained, x: torch.Tensor) -> torch.Tensor:
+def run_model(trained: Trained, x: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
     """The model's outputs for ``x``, in batches, without gradients, on the CPU."""
     forward = make_model_fn(trained.device, trained.cfg.amp)
     outputs = []
     with torch.no_grad():
-        for start in range(0, len(x), PREDICT_BATCH):
-            outputs.append(forward(trained.model, x[start : start + PREDICT_BATCH].to(trained.device)).float().cpu())
+        for start in range(0, len(x), batch_size):
+            outputs.append(forward(trained.model, x[start : start + batch_size].to(trained.device)).float().cpu())
     return torch.cat(outputs)
 
 
@@ -282,27 +287,36 @@ def write_predictions(arrays: dict[str, np.ndarray], path: Path, pre: Preprocess
         np.savez(buffer, **arrays)
         atomic_write_bytes(path, buffer.getvalue())
         return
+    atomic_write_bytes(path, csv_bytes(arrays, pre))
+
+
+def csv_bytes(arrays: dict[str, np.ndarray], pre: Preprocessor | None = None) -> bytes:
+    """The CSV text of :func:`write_predictions`, formatted by ``numpy.savetxt`` (~2x faster than joining strings)."""
     if "labels" in arrays:
         probs = arrays["probabilities"]
         names = pre.classes if pre is not None and pre.classes else [str(k) for k in range(probs.shape[1])]
         header = ["label"] + [f"prob_{name}" for name in names]
-        rows = [[str(label)] + [f"{p:.6g}" for p in row] for label, row in zip(arrays["labels"], probs)]
+        values, where = np.unique(arrays["labels"], return_inverse=True)  # quote each class name once, not per row
+        labels = np.array([_csv_line([str(v)]).rstrip("\n") for v in values], dtype=object)[where.reshape(-1)]
+        table, fmt = np.column_stack([labels.astype(object), probs.astype(object)]), ["%s"] + ["%.6g"] * probs.shape[1]
     else:
-        outputs = arrays["outputs"]
-        named = pre is not None and pre.kind == "table" and len(pre.target_names) == outputs.shape[1]
-        header = list(pre.target_names) if named else [f"output_{k}" for k in range(outputs.shape[1])]
-        rows = [[f"{v:.7g}" for v in row] for row in outputs]
-    text = "".join(_csv_line(r) for r in [header] + rows)
-    atomic_write_bytes(path, text.encode())
+        table = arrays["outputs"]
+        named = pre is not None and pre.kind == "table" and len(pre.target_names) == table.shape[1]
+        header = list(pre.target_names) if named else [f"output_{k}" for k in range(table.shape[1])]
+        fmt = ["%.7g"] * table.shape[1]
+    buffer = io.BytesIO()
+    np.savetxt(buffer, table, fmt=fmt, delimiter=",", header=_csv_line(header).rstrip("\n"), comments="")
+    return buffer.getvalue()
 
 
 def predict(checkpoint: Path, input_path: Path, output_path: Path, target: str | None = None,
-            device: str = "auto") -> int:
+            device: str = "auto", batch_size: int | None = None) -> int:
     """Predict for every sample of ``input_path`` and write the results; returns the number of samples."""
     output_file(output_path, "--output", PREDICT_SUFFIXES)
     trained = load_trained(checkpoint, device)
+    batch = inference_batch_size(trained.spec.input_shape, trained.device, batch_size)  # issue 16
     x = read_inputs(input_path, trained, target)
-    arrays = prediction_arrays(run_model(trained, x), trained.spec.task, trained.preprocess)
+    arrays = prediction_arrays(run_model(trained, x, batch), trained.spec.task, trained.preprocess)
     write_predictions(arrays, output_path, trained.preprocess)
     return len(x)
 

@@ -49,7 +49,9 @@ from ignite_app.train.handlers import (
 from ignite_app.train.metrics import Monitor, check_monitor, metrics_for
 from ignite_app.train.schedules import attach_schedule, make_schedule, warmup_steps
 from ignite_app.train.state import GradState, Meta, RNGState
+from ignite_app.train.cudagraph import note_on_stderr, wants_cuda_graph
 from ignite_app.train.tblog import attach_progress_bar
+from ignite_app.train.threads import use_threads
 from ignite_app.train.trackers import Trackers
 
 Echo = Callable[[str], None]
@@ -110,7 +112,7 @@ def pick_device(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     if in_process_group():
         device = local_device(device, cfg.device, idist.get_local_rank(), torch.cuda.device_count())
-    if cfg.cuda_graph and device.type != "cuda":
+    if cfg.cuda_graph and device.type != "cuda":  # set explicitly (None: automatic, see wants_cuda_graph)
         raise UserError(f"--cuda-graph needs a CUDA device, not {device}: pass --device cuda:0, or drop --cuda-graph")
     if cfg.cuda_graph and in_process_group():
         raise UserError("--cuda-graph runs in one process only: drop --cuda-graph under torchrun or srun")
@@ -133,6 +135,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     """Data, model, optimizer and engines for ``cfg``: every option that changes the model or the step applies."""
+    cfg = use_threads(cfg)  # issue 16: the resolved count is what config.yaml records
     seed_everything(cfg.seed + idist.get_rank(), cfg.deterministic)  # own dropout per rank; DDP copies rank 0's weights
     with fail_together():  # bad data or a bad model fails every rank at once, before DDP's first collective
         splits = load_splits(cfg)
@@ -145,7 +148,7 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
             raw_model = raw_model.to(memory_format=torch.channels_last)
         train_sampler, val_sampler = make_samplers(cfg, splits)
         train_loader = with_augmentation(cfg, make_data_loader(cfg, splits.train, train_sampler, device), train_sampler, device)
-        val_loader = make_data_loader(cfg, splits.val, val_sampler, device)
+        val_loader = make_data_loader(cfg.replace(batch_size=validation_batch_size(cfg.batch_size)), splits.val, val_sampler, device)
         check_model_fits(raw_model, splits.spec, sample_batch(splits, device))
         optimizer = make_optimizer(cfg, raw_model)
         metrics = validation_metrics(cfg, splits.spec, device, target_units(splits.preprocess, device))
@@ -154,9 +157,11 @@ def build_pipeline(cfg: Config, device: torch.device) -> Pipeline:
     model = wrap_model(raw_model, device, cfg.compile, cfg.compile_mode)
     ema = make_ema(raw_model, cfg.ema_decay)
     scaler = make_scaler(device, cfg.amp)
+    graph = wants_cuda_graph(cfg, device, in_process_group())  # issue 16: on by default where it can record
     trainer = build_trainer(model, optimizer, splits.spec.task, device, amp=cfg.amp,
                             channels_last=cfg.channels_last, grad_accum=cfg.grad_accum, scaler=scaler,
-                            graph_batch_size=cfg.batch_size if cfg.cuda_graph else None,
+                            graph_batch_size=cfg.batch_size if graph else None,
+                            graph_fallback=note_on_stderr if cfg.cuda_graph is None else None,
                             class_weights=class_weight_tensor(cfg, device))
     evaluator = build_evaluator(evaluated_model(model, ema), splits.spec.task, device, amp=cfg.amp,
                                 channels_last=cfg.channels_last, metrics=metrics)
@@ -202,6 +207,12 @@ def build_run(cfg: Config, device: torch.device, echo: Echo = print) -> Run:
     return run
 
 
+def validation_batch_size(batch_size: int) -> int:
+    """Issue 16: validation keeps no activations for a backward pass, so it runs 4x the training batch (at most
+    4096, never less than the training batch): fewer batches, so less of Ignite's per-batch event and metric work."""
+    return max(batch_size, min(4 * batch_size, 4096))
+
+
 def make_samplers(cfg: Config, splits: Splits) -> tuple[EpochSampler, EpochSampler]:
     """Training order from (seed, epoch), sharded over processes; validation in order, unpadded."""
     rank, world = idist.get_rank(), idist.get_world_size()
@@ -238,7 +249,7 @@ def class_weight_tensor(cfg: Config, device: torch.device) -> torch.Tensor | Non
 def make_data_loader(cfg: Config, data: Dataset, sampler: EpochSampler, device: torch.device) -> Loader:
     """The batches of ``data`` in ``sampler``'s order, as ``cfg`` asks (in memory or through a DataLoader)."""
     return make_loader(data, cfg.batch_size, sampler, in_memory=cfg.in_memory, num_workers=cfg.num_workers,
-                       device=device, seed=cfg.seed)
+                       device=device, seed=cfg.seed, threads=cfg.threads)
 
 
 def with_augmentation(cfg: Config, loader: Loader, sampler: EpochSampler, device: torch.device) -> Loader:

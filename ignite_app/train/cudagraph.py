@@ -16,10 +16,15 @@ Limits, checked where the run is built: one CUDA process, Adam or AdamW, ``--amp
 (fp16's GradScaler decides on the host), ``--grad-accum 1``, no ``--compile``. The learning
 rate may change (schedules): the graph reads it from a device tensor that is refreshed from the
 optimizer before each replay.
+
+Without ``--cuda-graph`` or ``--no-cuda-graph`` the step is recorded wherever those limits allow
+(:func:`wants_cuda_graph`); a step that then cannot be recorded runs eagerly after one note line
+instead of stopping the run.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Protocol
 
 import torch
@@ -29,6 +34,19 @@ from torch import nn
 from ignite_app.errors import UserError, first_line
 
 Step = Callable[[Engine, Any], torch.Tensor]
+
+
+def wants_cuda_graph(cfg: Any, device: torch.device, distributed: bool) -> bool:
+    """``--cuda-graph``/``--no-cuda-graph`` as given; unset: on for one CUDA process whose options it can record."""
+    if cfg.cuda_graph is not None:
+        return bool(cfg.cuda_graph)
+    return (device.type == "cuda" and not distributed and cfg.optimizer in ("adam", "adamw") and cfg.amp != "fp16"
+            and cfg.grad_accum == 1 and not cfg.compile)
+
+
+def note_on_stderr(line: str) -> None:
+    """One note line on stderr."""
+    print(f"note: {line}", file=sys.stderr)
 
 
 class Recorder(Protocol):
@@ -74,8 +92,11 @@ class GraphedStep:
     WARMUP_STEPS = 3
 
     def __init__(self, step: Step, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 batch_size: int, recorder: Recorder | None = None) -> None:
+                 batch_size: int, recorder: Recorder | None = None,
+                 fallback: Callable[[str], None] | None = None) -> None:
         self.step, self.model, self.optimizer, self.device = step, model, optimizer, device
+        self.fallback = fallback  # automatic recording: a step that cannot be recorded says so here and runs eagerly
+        self.eager_only = False
         self.batch_size = batch_size
         self.recorder = recorder if recorder is not None else CudaRecorder(device)
         self.replay: Callable[[], torch.Tensor] | None = None
@@ -88,10 +109,12 @@ class GraphedStep:
 
     def __call__(self, engine: Engine, batch: Any) -> torch.Tensor:
         x, y = batch
-        if len(x) != self.batch_size:  # a partial batch: Ignite's step, eagerly
+        if len(x) != self.batch_size or self.eager_only:  # a partial batch: Ignite's step, eagerly
             return self._eager(engine, batch)
         if self.replay is None:
             self._record(engine, x, y)
+            if self.eager_only:
+                return self._eager(engine, batch)
         assert self.static is not None and self.replay is not None
         self.static[0].copy_(x, non_blocking=True)
         self.static[1].copy_(y, non_blocking=True)
@@ -134,6 +157,11 @@ class GraphedStep:
             try:
                 self.replay = self.recorder.record(run)
             except RuntimeError as exc:  # e.g. a model that reads a value on the host (.item(), data-dependent shapes)
+                if self.fallback is not None:
+                    self.fallback(f"the training step could not be recorded as a CUDA graph ({first_line(exc)}); "
+                                  "training eagerly (--no-cuda-graph skips the attempt)")
+                    self.eager_only = True
+                    return
                 raise UserError(f"--cuda-graph could not record this model's training step ({first_line(exc)}); "
                                 "drop --cuda-graph for this model") from None
             self.grads = [p.grad for p in self._params()]

@@ -125,6 +125,7 @@ def build_trainer(
     scaler: torch.amp.GradScaler | None = None,
     graph_batch_size: int | None = None,
     class_weights: torch.Tensor | None = None,
+    graph_fallback: Callable[[str], None] | None = None,
 ) -> Engine:
     """The training engine; its output is the batch loss as a device tensor.
 
@@ -140,7 +141,7 @@ def build_trainer(
 
         step = supervised_training_step(handle, optimizer, loss_fn, device=device, non_blocking=non_blocking,  # type: ignore[arg-type]
                                         prepare_batch=prepare, output_transform=keep_loss_on_device, model_fn=model_fn)
-        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size))
+        return Engine(GraphedStep(step, model, optimizer, device, graph_batch_size, fallback=graph_fallback))
     if scaler is not None:
         return Engine(training_step(handle, optimizer, loss_fn, device, prepare, model_fn, scaler, grad_accum, non_blocking))  # type: ignore[arg-type]
     return create_supervised_trainer(

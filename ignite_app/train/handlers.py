@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -126,7 +127,11 @@ def attach_epoch_summary(trainer: Engine, evaluator: Engine, write: Callable[[st
 
 
 class StopSignal:
-    """SIGTERM, SIGINT and the --requeue-signal only set a flag; a second Ctrl-C exits at once. Also a wall-clock limit."""
+    """SIGTERM, SIGINT and the --requeue-signal only set a flag; a second Ctrl-C exits at once. Also a wall-clock limit.
+
+    :meth:`when_requested` callbacks run once, at the first signal (in the signal handler, on the
+    main thread) or when the time limit passes (on a timer thread), so nothing needs to poll before.
+    """
 
     def __init__(self, time_limit: float | None = None, clock: Callable[[], float] = time.monotonic,
                  requeue_signal: int | None = None) -> None:
@@ -135,17 +140,40 @@ class StopSignal:
         self.clock = clock
         self.deadline = None if time_limit is None else clock() + time_limit
         self._previous: dict[int, Any] = {}
+        self._callbacks: list[Callable[[], None]] = []
+        self._notified = False
+        self._timer: threading.Timer | None = None
 
     def install(self) -> None:
-        """Take over SIGTERM, SIGINT and the requeue signal, if any (main thread only)."""
+        """Take over SIGTERM, SIGINT and the requeue signal, if any (main thread only), and start the time limit's timer."""
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        if self.deadline is not None:
+            self._timer = threading.Timer(max(0.0, self.deadline - self.clock()), self._notify)
+            self._timer.daemon = True
+            self._timer.start()
 
     def uninstall(self) -> None:
-        """Give the signals back to their previous handlers."""
+        """Give the signals back to their previous handlers; stop the timer."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def when_requested(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once a stop may have been requested (at once if one already was)."""
+        self._callbacks.append(callback)
+        if self._notified or self.reason() is not None:
+            self._notified = True
+            callback()
+
+    def _notify(self) -> None:
+        if not self._notified:
+            self._notified = True
+            for callback in self._callbacks:
+                callback()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
@@ -153,6 +181,7 @@ class StopSignal:
             os._exit(130)
         if self.signum is None:
             self.signum = signum
+        self._notify()
 
     def reason(self) -> str | None:
         """``"SIGTERM"``, ``"SIGINT"``, the requeue signal's name (``"SIGUSR1"``), ``"time-limit"`` or None."""

@@ -138,9 +138,24 @@ def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
             engine.terminate()
 
     run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
-    # Several processes agree through an all-reduce: on GPUs a host sync, so only every --log-every iterations.
-    every = run.cfg.log_every if in_process_group() and run.device.type == "cuda" else 1
-    attach_stop(run.trainer, lambda: not at_epoch_end(run.trainer) and stop_requested(stop), save, every=every)
+    attach_mid_epoch_stop(run, stop, save)
+
+
+def attach_mid_epoch_stop(run: Run, stop: StopSignal, save: Callable[[Engine], None]) -> None:
+    """Stop mid-epoch, with a save, where a stop can have been requested; free until then in one process.
+
+    In one process the check is attached only when a signal or the time limit arrives: a handler
+    appended while an iteration runs still runs in that iteration's ITERATION_COMPLETED pass, so a
+    signal stops the run at the iteration it landed in, as before. Several processes must agree through an all-reduce, a host sync on GPUs and a round
+    trip on CPUs: every --log-every iterations.
+    """
+    def should_stop() -> bool:
+        return not at_epoch_end(run.trainer) and stop_requested(stop)
+
+    if in_process_group():
+        attach_stop(run.trainer, should_stop, save, every=run.cfg.log_every)
+    else:
+        stop.when_requested(lambda: attach_stop(run.trainer, should_stop, save))
 
 
 def at_epoch_end(engine: Engine) -> bool:

@@ -99,7 +99,8 @@ def test_short_run_leaves_the_run_directory_contract(short_run):
     out, result = short_run
     check_run_dir(out, "accuracy", DIGITS_EPOCH, epochs=2)
     assert build_config(load_yaml(out / "config.yaml"), {}) == Config(
-        model="mlp", epochs=2, patience=3, progress=False, output_dir=str(out), auto_batch=True)
+        model="mlp", epochs=2, patience=3, progress=False, output_dir=str(out), auto_batch=True,
+        threads=1)  # issue 16: the resolved thread count (the run had 1) is recorded
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
     assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("train_loss" in line and "val_loss" in line and "val_accuracy" in line for line in lines)

@@ -160,3 +160,54 @@ def test_on_cuda_a_graphed_run_stopped_after_its_first_replay_resumes_exactly(tm
     a, b = (torch.load(run / "checkpoints" / "checkpoint_46.pt", weights_only=True, map_location="cpu") for run in (whole, parts))
     diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), f"max abs difference {diff:.3g}"
+
+
+# --- issue 16: on by default where it can record -------------------------------------------------
+
+CUDA = torch.device("cuda", 0)  # a device object only: nothing runs on it here
+
+
+@pytest.mark.parametrize("options, device, distributed, expected", [
+    ({}, CUDA, False, True),
+    ({"optimizer": "adamw", "amp": "bf16"}, CUDA, False, True),
+    ({}, CPU, False, False),
+    ({}, CUDA, True, False),
+    ({"optimizer": "sgd"}, CUDA, False, False),
+    ({"amp": "fp16"}, CUDA, False, False),
+    ({"grad_accum": 2}, CUDA, False, False),
+    ({"compile": True}, CUDA, False, False),
+    ({"cuda_graph": False}, CUDA, False, False),
+    ({"cuda_graph": True}, CUDA, False, True),
+])
+def test_graphs_are_on_by_default_only_where_the_step_can_be_recorded(options, device, distributed, expected):
+    assert cudagraph.wants_cuda_graph(Config(**options), device, distributed) is expected
+
+
+def test_an_automatic_graph_that_cannot_be_recorded_trains_eagerly_after_one_note():
+    from ignite.engine import Engine, supervised_training_step
+
+    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        step = supervised_training_step(model, optimizer, torch.nn.CrossEntropyLoss(), output_transform=lambda x, y, p, loss: loss)
+        return model, optimizer, step
+
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(4)]
+    model, optimizer, step = make()
+    notes: list[str] = []
+    graphed = GraphedStep(step, model, optimizer, CPU, batch_size=5, recorder=RefusingRecorder(), fallback=notes.append)
+    Engine(graphed).run(batches, max_epochs=1)
+    eager_model, _, eager_step = make()
+    Engine(eager_step).run(batches, max_epochs=1)
+    assert len(notes) == 1 and notes[0].startswith("the training step could not be recorded as a CUDA graph (CUDA error")
+    assert (graphed.replays, graphed.eager_steps) == (0, 4)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), eager_model.state_dict().values()))
+
+
+def test_a_default_run_records_the_step_where_graphs_are_on(tmp_path, torch_threads, static_recorder, monkeypatch):
+    monkeypatch.setattr(app, "wants_cuda_graph", lambda cfg, device, distributed: cfg.cuda_graph is None)  # as on a GPU
+    run = train_in_process(tmp_path / "auto", model="mlp")
+    step = run.trainer._process_function
+    assert isinstance(step, GraphedStep) and step.fallback is not None and step.replays == 22
+    assert not isinstance(train_in_process(tmp_path / "off", model="mlp", cuda_graph=False).trainer._process_function, GraphedStep)

@@ -230,8 +230,11 @@ def test_resnet_fits_cifar_shaped_batches():
     check_model_fits(model, DataSpec("classification", (3, 32, 32), 10), torch.zeros(2, 3, 32, 32))
 
 
-EPOCH_COLUMNS = ["variant", "s/epoch", "samples/s", "time x plain", "samples/s x plain", "CPU s/epoch", "CPU x plain",
-                 "peak RSS MiB", "mem x plain", "launch to 1st iter s", "first epoch s"]
+EPOCH_COLUMNS = ["variant", "s/epoch", "samples/s", "CPU s/epoch", "peak RSS MiB", "mem x plain", "launch to 1st iter s",
+                 "first epoch s"]
+RATIO_COLUMNS = ["variant", "time x plain", "time x fused", "time x floor", "CPU x plain", "CPU x fused", "CPU x floor"]
+VARIANT_NAMES = ["plain loop (DataLoader)", "plain loop, fused Adam", "eager floor", "ignite_app, DataLoader path",
+                 "ignite_app, in-memory path"]
 
 
 def table(output: str) -> list[list[str]]:
@@ -251,21 +254,45 @@ def bench(*args: str) -> str:
 def test_bench_prints_every_column_for_every_variant():
     out = bench("--repeat", "1", "--warmup", "1", "--epochs", "1", "--batch-size", "128")
     rows = table(out)
-    assert rows[0] == EPOCH_COLUMNS
-    assert [r[0] for r in rows[1:]] == ["plain loop (DataLoader)", "ignite_app, DataLoader path", "ignite_app, in-memory path"]
+    split = [i for i, row in enumerate(rows) if row[0] == "variant"]
+    times, ratios = rows[: split[1]], rows[split[1]:]
+    assert times[0] == EPOCH_COLUMNS and ratios[0] == RATIO_COLUMNS
+    assert [r[0] for r in times[1:]] == VARIANT_NAMES and [r[0] for r in ratios[1:]] == VARIANT_NAMES
     number = re.compile(r"^[\d,.]+( \([\d.]+-[\d.]+\))?$")
-    for row in rows[1:]:
-        assert len(row) == len(EPOCH_COLUMNS) and all(number.match(cell) for cell in row[1:]), row
+    for header, body in ((EPOCH_COLUMNS, times[1:]), (RATIO_COLUMNS, ratios[1:])):
+        for row in body:
+            assert len(row) == len(header) and all(number.match(cell) for cell in row[1:]), row
+    for i, base in enumerate(("plain", "fused", "floor")):  # every baseline divided by itself is exactly 1
+        assert ratios[1 + i][1 + i] == "1.000 (1.000-1.000)" and ratios[1 + i][4 + i] == "1.000 (1.000-1.000)", base
     assert "1438 train samples" in out and re.search(r"machine: .*torch 2\.\d+.*threads 1", out)
 
 
 @pytest.mark.e2e  # a real process
-def test_bench_whole_run_times_both_scripts():
+def test_bench_whole_run_times_train_against_both_plain_scripts():
     out = bench("--whole-run", "--model", "mlp", "--reps", "1", "--whole-epochs", "1")
     rows = table(out)
-    assert rows[0] == ["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"]
-    assert [r[0] for r in rows[1:]] == ["python scripts/plain_loop.py", "python scripts/train.py"]
-    assert "1 epochs each" in out
+    assert rows[0] == ["command", "wall s", "time x plain", "time x fused", "CPU s", "CPU x plain", "CPU x fused",
+                       "peak RSS MiB"]
+    assert [r[0] for r in rows[1:]] == ["python scripts/plain_loop.py", "python scripts/plain_loop.py --fused",
+                                        "python scripts/train.py"]
+    assert rows[2][3] == "1.000 (1.000-1.000)" and "1 epochs each" in out
+
+
+def test_the_plain_loop_with_fused_adam_takes_the_same_steps_as_the_default(monkeypatch):
+    """The like-for-like baseline changes only the optimizer's kernel, not what it computes."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from plain_loop import make_optimizer, train_epoch
+
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
+    weights = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        optimizer = make_optimizer(model, fused)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        train_epoch(model, optimizer, torch.nn.CrossEntropyLoss(), data, torch.device("cpu"))
+        weights.append(model.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1])
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
@@ -284,3 +311,20 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     seen.clear()
     app.wrap_model(model, torch.device("cpu"), False, "reduce-overhead")
     assert seen == {}
+
+
+@pytest.mark.e2e  # real processes
+def test_bench_inference_times_both_commands_against_the_plain_script():
+    out = bench("--inference", "--rows", "2000", "--reps", "1")
+    rows = table(out)
+    assert rows[0] == ["command", "wall s", "time x plain", "CPU s", "CPU x plain", "peak RSS MiB"]
+    assert [r[0] for r in rows[1:]] == ["plain predict", "ignite-app predict", "plain evaluate", "ignite-app evaluate"]
+    assert rows[1][2] == rows[3][2] == "1.000 (1.000-1.000)" and "2,000 rows" in out
+
+
+@pytest.mark.e2e  # a real process
+def test_bench_validation_times_the_evaluator_against_the_raw_pass():
+    rows = table(bench("--validation", "--repeat", "1", "--warmup", "0", "--epochs", "2"))
+    assert rows[0] == ["pass", "wall s", "time x raw", "CPU s", "CPU x raw"]
+    assert [r[0] for r in rows[1:]] == ["raw no_grad pass", "ignite_app evaluator"]
+    assert rows[1][2] == "1.000 (1.000-1.000)"
