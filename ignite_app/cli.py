@@ -354,8 +354,8 @@ def evaluate_command(checkpoint: Path, dataset: str | None, target: str | None, 
 
         from ignite_app.io.trust import require_trusted_run
 
-        require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})  # a wrong path fails before torch is imported
-        _inference_start(checkpoint)
+        _inference_start(checkpoint)  # a wrong path fails before torch is imported; then ignite without FSDP/DTensor
+        require_trusted_run(checkpoint, trust_config, {"--dataset": dataset})
         from ignite_app.tools.inference import evaluate, format_evaluation
 
         _quiet_ignite()
@@ -388,9 +388,9 @@ def predict_command(checkpoint: Path, input_path: Path, output_path: Path, targe
         from ignite_app.io.paths import guard_output, resolve_checkpoint
         from ignite_app.io.trust import require_trusted_run
 
-        require_trusted_run(checkpoint, trust_config)  # a wrong path fails before torch is imported
+        _inference_start(checkpoint)  # a wrong path fails before torch is imported; then ignite without FSDP/DTensor
+        require_trusted_run(checkpoint, trust_config)
         guard_output(output_path, "--output", [input_path, *resolve_checkpoint(checkpoint)], overwrite)
-        _inference_start(checkpoint)
         from ignite_app.tools.inference import predict
 
         count = predict(checkpoint, input_path, output_path, target, device, batch_size)

@@ -112,7 +112,8 @@ def test_the_same_command_starts_the_run_then_three_reruns_after_kills_end_equal
     outputs = []
     for attempt in range(3):
         before = newest_iteration(out) if out.exists() else 0
-        proc = start_train(*command(digits, out, 5))
+        # Slowed saves (0.3 s each, the same results) keep a loaded machine from finishing all 5 epochs before the kill.
+        proc = start_train(*command(digits, out, 5), TEST_FAULT="slow-save:0.3")
         wait_for(lambda: out.exists() and newest_iteration(out) > before, proc)
         time.sleep(rng.uniform(0, 0.15))  # somewhere in the next epoch, or inside its save
         proc.kill()
