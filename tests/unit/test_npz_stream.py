@@ -74,12 +74,13 @@ def test_nan_rows_are_dropped_or_refused_as_in_memory(tmp_path):
     assert_one_error_line(result.exit_code, result.stderr, result.output, "row 8 has a missing value")
 
 
-def test_tables_and_data_within_the_budget_stay_in_memory(tmp_path):
+def test_tables_and_data_within_the_budget_stay_in_memory(tmp_path, capsys):
     table = write_npz(tmp_path / "t.npz", np.random.default_rng(0).standard_normal((50_000, 4)), np.arange(50_000) % 2)
     assert isinstance(load_splits(Config(dataset=f"npz:{table}", memory_budget_mb=1)).train, ArrayDataset)
+    assert "a (samples, features) table is standardised in memory whole" in capsys.readouterr().err
     x, y = signals()
     small = write_npz(tmp_path / "s.npz", x, y, compressed=True)
-    assert isinstance(load_splits(Config(dataset=f"npz:{small}", memory_budget_mb=2)).train, ArrayDataset)
+    assert isinstance(load_splits(Config(dataset=f"npz:{small}", memory_budget_mb=16)).train, ArrayDataset)
 
 
 def test_a_compressed_npz_over_the_budget_is_one_error_line(tmp_path):
