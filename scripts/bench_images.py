@@ -14,6 +14,14 @@ every augmented batch of an epoch, no model); medians of wall time and of CPU ti
 
     python scripts/bench_images.py                         # 5,000 32x32 RGB PNGs, 10 classes, CPU, 1 thread
     python scripts/bench_images.py --images 50000 --device cuda --batch-size 512
+
+--larger-than-memory GB measures something else: it writes GB GiB of uint8 images as npy:DIR (or, with
+--format npz, one uncompressed .npz) to a temporary
+folder (refused with under 10 GB free on its disk), trains one epoch on them with --memory-budget-mb 512 and
+a tiny pooling model (so that the epoch is about reading the data), and reports the training process's peak
+RSS against the dataset's size.
+
+    python scripts/bench_images.py --larger-than-memory 4 [--format npz]
 """
 
 from __future__ import annotations
@@ -159,15 +167,105 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="Timed epochs per variant (after one warm-up).")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the training process.")
+    parser.add_argument("--larger-than-memory", type=float, metavar="GB",
+                        help="Only train 1 epoch on GB GiB of uint8 images streamed from disk; report peak RSS.")
+    parser.add_argument("--format", choices=("npy", "npz"), default="npy",
+                        help="With --larger-than-memory: the images as npy:DIR or as one uncompressed npz: file.")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_images_"))
     try:
-        run(args, work)
+        if args.larger_than_memory:
+            larger_than_memory(args.larger_than_memory, work, args.format)
+        else:
+            run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+POOL_MODEL = """
+from torch import nn
+
+
+class Pool(nn.Module):
+    \"\"\"Cheap enough that an epoch over gigabytes of pixels is about reading them.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+SIDE = 256  # 1 x 256 x 256 uint8 images: 64 KiB each, 16,384 per GiB
+MIN_FREE_BYTES = 10 * 10**9
+
+
+def write_big_data(folder: Path, samples: int, fmt: str) -> str:
+    """``samples`` grayscale images as npy:DIR or one uncompressed npz (written in chunks); the --dataset value."""
+    import zipfile
+
+    import numpy as np
+
+    folder.mkdir()
+    y = (np.arange(samples) % 2).astype(np.int64)
+    if fmt == "npy":
+        with open(folder / "x.npy", "wb") as f:
+            write_images(f, y)
+        np.save(folder / "y.npy", y)
+        return f"npy:{folder}"
+    with zipfile.ZipFile(folder / "big.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as archive:  # as numpy.savez
+        with archive.open("x.npy", "w", force_zip64=True) as f:
+            write_images(f, y)
+        with archive.open("y.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, y)
+    return f"npz:{folder / 'big.npz'}"
+
+
+def write_images(f: object, y: "np.ndarray") -> None:
+    """A .npy of one image per label, in chunks; class 1 is 100 levels brighter than class 0."""
+    import numpy as np
+
+    chunk = 1024
+    noise = np.random.default_rng(0).integers(0, 100, (chunk, 1, SIDE, SIDE), dtype=np.uint8)
+    np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (len(y), 1, SIDE, SIDE)})
+    for start in range(0, len(y), chunk):
+        rows = y[start : start + chunk]
+        f.write((noise[: len(rows)] + (rows[:, None, None, None] * 100).astype(np.uint8)).tobytes())
+
+
+def larger_than_memory(gib: float, work: Path, fmt: str) -> None:
+    """Train 1 epoch on ``gib`` GiB of uint8 images (npy:DIR or npz:) with a 512 MiB memory budget; print the peak RSS."""
+    import resource
+    import subprocess
+
+    free = shutil.disk_usage(work).free
+    if free < MIN_FREE_BYTES:
+        sys.exit(f"Error: {work} has {free / 1e9:.1f} GB free; --larger-than-memory needs at least 10 GB")
+    samples = int(gib * 2**30) // (SIDE * SIDE)
+    wall = time.perf_counter()
+    dataset = write_big_data(work / "big", samples, fmt)
+    size = samples * SIDE * SIDE
+    print(f"# wrote {samples:,} x 1 x {SIDE} x {SIDE} uint8 = {size / 2**30:.2f} GiB as {dataset.split(':')[0]} "
+          f"in {time.perf_counter() - wall:.0f} s")
+    (work / "poolmod.py").write_text(POOL_MODEL)
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--dataset", dataset, "--model",
+               "poolmod:Pool", "--memory-budget-mb", "512", "--epochs", "1", "--batch-size", "256", "--no-progress",
+               "--device", "cpu", "--output-dir", str(work / "run")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    print(done.stderr.strip() + "\n" + done.stdout.strip())
+    if done.returncode != 0:
+        sys.exit(f"training failed with exit code {done.returncode}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    print(f"# peak RSS of the training process: {peak / 2**20:.0f} MiB for {size / 2**20:,.0f} MiB of data "
+          f"({peak / size:.2f}x); training run {wall:.0f} s wall, {cpu:.0f} s CPU (user+sys); "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)")
 
 
 def run(args: argparse.Namespace, work: Path) -> None:

@@ -27,14 +27,30 @@ from ignite_app.errors import UserError
 STATS_CHUNK_BYTES = 8 * 2**20
 
 
-class StreamingArrayDataset(Dataset):
-    """Rows ``rows`` of the array in a ``.npy`` file, read from disk on each fetch; targets in memory."""
+@dataclass(frozen=True)
+class ArrayLayout:
+    """Where a C-ordered array lies in a file: the byte offset of its first row, its dtype and shape."""
 
-    def __init__(self, path: Path, rows: np.ndarray, targets: torch.Tensor) -> None:
-        array = np.load(path, mmap_mode="r")  # only to read the header: shape, dtype, data offset
-        self.path, self.offset = Path(path), int(array.offset)
-        self.dtype, self.sample_shape = array.dtype, tuple(array.shape[1:])
-        self.sample_bytes = int(np.prod(self.sample_shape)) * array.dtype.itemsize
+    path: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+def npy_layout(path: Path) -> ArrayLayout:
+    """The layout of the array in a ``.npy`` file (only its header is read)."""
+    array = np.load(path, mmap_mode="r")
+    return ArrayLayout(Path(path), int(array.offset), array.dtype, tuple(array.shape))
+
+
+class StreamingArrayDataset(Dataset):
+    """Rows ``rows`` of the array in a ``.npy`` file (or at ``layout``), read from disk on each fetch; targets in memory."""
+
+    def __init__(self, path: Path, rows: np.ndarray, targets: torch.Tensor, layout: ArrayLayout | None = None) -> None:
+        layout = layout or npy_layout(path)
+        self.path, self.offset = layout.path, layout.offset
+        self.dtype, self.sample_shape = layout.dtype, tuple(layout.shape[1:])
+        self.sample_bytes = int(np.prod(self.sample_shape)) * layout.dtype.itemsize
         self.rows = np.asarray(rows, dtype=np.int64)
         self.y = targets
         self._fd: int | None = None
@@ -49,13 +65,17 @@ class StreamingArrayDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch: one ``pread`` per row into one buffer."""
+        return as_model_input(torch.from_numpy(self.read(indices))), self.y[torch.as_tensor(indices)]
+
+    def read(self, indices: list[int]) -> np.ndarray:
+        """The stored rows at dataset positions ``indices``, as they are on disk."""
         fd = self._file()
         out = np.empty((len(indices), *self.sample_shape), dtype=self.dtype)
         flat = out.reshape(len(indices), -1).view(np.uint8)
         for i, index in enumerate(indices):
             start = self.offset + int(self.rows[index]) * self.sample_bytes
             flat[i] = np.frombuffer(os.pread(fd, self.sample_bytes, start), dtype=np.uint8)
-        return as_model_input(torch.from_numpy(out)), self.y[torch.as_tensor(indices)]
+        return out
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a DataLoader worker opens its own

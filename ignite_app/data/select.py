@@ -26,4 +26,10 @@ def load_splits(cfg: Config, preprocess: Preprocessor | None = None) -> Splits:
         from ignite_app.data.arrays import load_npy_splits
 
         return load_npy_splits(cfg)
+    if cfg.dataset.startswith("npz:"):  # over the memory budget: streamed, as npy: is
+        from ignite_app.data.npz_stream import streamed_npz_splits
+
+        streamed = streamed_npz_splits(cfg, preprocess)
+        if streamed is not None:
+            return streamed
     return sources.load_splits(cfg, preprocess)

@@ -108,8 +108,8 @@ def _array_splits(cfg: Config, stored: Preprocessor | None) -> Splits:
     pre = stored or fit(rows.take(train_idx), task, classes, kind=source["kind"], standardize=cfg.standardize, na=cfg.na,
                         columns=source.get("columns"), header=source.get("header", True), scale=source.get("scale"))
     train = _preprocessed(pre, rows.take(train_idx), name)
-    val = _preprocessed(pre, rows.take(val_idx), name) if val_idx is not None else _other_file(cfg.val_dataset, cfg, pre, notes)
-    test = _other_file(cfg.test_dataset, cfg, pre, notes) if cfg.test_dataset else None
+    val = _preprocessed(pre, rows.take(val_idx), name) if val_idx is not None else other_file(cfg.val_dataset, cfg, pre, notes)
+    test = other_file(cfg.test_dataset, cfg, pre, notes) if cfg.test_dataset else None
     outputs = len(classes) if task == "classification" else int(train.y.shape[1])
     spec = DataSpec(task=task, input_shape=pre.input_shape, num_outputs=outputs)
     return Splits(train, val, spec, preprocess=pre, test=test, notes=tuple(notes))
@@ -158,7 +158,7 @@ def _preprocessed(pre: Preprocessor, rows: RawRows, name: str) -> ArrayDataset:
     return ArrayDataset(pre.inputs(rows, f"dataset {name!r}"), pre.targets(rows, name))
 
 
-def _other_file(name: str, cfg: Config, pre: Preprocessor, notes: list[str]) -> ArrayDataset:
+def other_file(name: str, cfg: Config, pre: Preprocessor, notes: list[str]) -> ArrayDataset:
     """--val-dataset or --test-dataset: every row, preprocessed as the training rows were."""
     rows, source = _read_rows(name, cfg.replace(target=cfg.target if name.startswith("csv:") else None), notes, pre)
     rows = handle_missing(rows, pre.na, name, notes, source.get("line", lambda r: r + 1))
@@ -215,6 +215,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError for object arrays, ...
         raise UserError(f"NPZ file {str(path)!r} cannot be read ({exc}); write it with numpy.savez") from None
+    check_npz_pair(x, y, path)
+    return x, y
+
+
+def check_npz_pair(x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """Numeric x and y with one row per sample each, as many of one as of the other."""
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
         raise UserError(f"NPZ file {str(path)!r}: x and y must be numeric arrays")
     if x.ndim == 0 or y.ndim == 0:
@@ -222,7 +228,6 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(x) != len(y):
         raise UserError(f"NPZ file {str(path)!r}: x has {len(x)} samples but y has {len(y)}; give one target per sample")
     check_npz_arrays(x, y, path)
-    return x, y
 
 
 def _user_splits(path: str, task: str, keys: tuple[str | None, str | None] = (None, None)) -> Splits:
