@@ -120,6 +120,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["broken.pt"]
 
 
+@pytest.mark.e2e  # a real process (or a real store): seconds, not milliseconds
 def test_unknown_format_in_a_real_process(run_dir, tmp_path):
     result = run_app("export", str(run_dir), "--format", "pickle", cwd=tmp_path)
     assert_one_error_line(result.returncode, result.stderr, result.stdout, "invalid --format 'pickle': choose safetensors, torchscript, onnx")

@@ -124,6 +124,7 @@ sys.stdin.read()  # hold the lock until the test closes stdin
 """
 
 
+@pytest.mark.e2e  # a real process (or a real store): seconds, not milliseconds
 def test_twenty_processes_started_in_the_same_second_get_twenty_directories(tmp_path):
     frozen = str(tmp_path / "runs" / "digits-20260102-030405")  # the name each process's clock would give
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

@@ -71,6 +71,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e  # a real process (or a real store): seconds, not milliseconds
 def test_bad_input_in_a_real_process(tmp_path):
     result = run_app("lr-find", "--num-iter", "1", cwd=tmp_path)
     assert_one_error_line(result.returncode, result.stderr, result.stdout, "invalid --num-iter 1")

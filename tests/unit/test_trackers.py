@@ -48,6 +48,7 @@ def test_tracker_names_keep_tensorboard_first_and_refuse_unknown_ones():
         Config(tracker="tensorboard,wandb")
 
 
+@pytest.mark.e2e  # a real process (or a real store): seconds, not milliseconds
 def test_a_real_store_gets_params_metrics_at_the_tensorboard_steps_and_the_best_checkpoint(tmp_path):
     out = tmp_path / "runs" / "mlp-a"
     result = train(out)
@@ -71,6 +72,7 @@ def test_a_real_store_gets_params_metrics_at_the_tensorboard_steps_and_the_best_
     assert (tmp_path / "runs" / "mlartifacts").is_dir() and not Path("mlruns").exists()
 
 
+@pytest.mark.e2e  # a real process (or a real store): seconds, not milliseconds
 def test_a_store_failing_mid_run_warns_once_and_training_and_checkpoints_go_on(tmp_path, monkeypatch):
     import mlflow
 
