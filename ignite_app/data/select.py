@@ -1,4 +1,4 @@
-"""``--dataset`` to :class:`~ignite_app.data.sources.Splits`: the sources of issue 13 first, then :mod:`ignite_app.data.sources`.
+"""``--dataset`` to :class:`~ignite_app.data.sources.Splits`: image folders and arrays on disk first, then :mod:`ignite_app.data.sources`.
 
 A separate module because the image and array sources build on :mod:`ignite_app.data.sources`
 (``Splits``, ``ArrayDataset``), which therefore cannot import them back.

@@ -1,1 +1,1 @@
-"""After training: ``logs``, ``evaluate``/``predict`` (``inference``) and ``export``."""
+"""After training: ``logs``, ``evaluate``/``predict`` (``inference``, ``batching``), ``export`` and ``tune``."""
