@@ -134,7 +134,7 @@ def attach_checkpoint_saving(run: Run, stop: StopSignal) -> None:
 
     def save_at_epoch_end(engine: Engine) -> None:
         save(engine)
-        if stop_requested(stop):
+        if agree_to_stop(stop):
             engine.terminate()
 
     run.trainer.add_event_handler(Events.EPOCH_COMPLETED, save_at_epoch_end)
@@ -146,11 +146,11 @@ def attach_mid_epoch_stop(run: Run, stop: StopSignal, save: Callable[[Engine], N
 
     In one process the check is attached only when a signal or the time limit arrives: a handler
     appended while an iteration runs still runs in that iteration's ITERATION_COMPLETED pass, so a
-    signal stops the run at the iteration it landed in, as before. Several processes must agree through an all-reduce, a host sync on GPUs and a round
-    trip on CPUs: every --log-every iterations.
+    signal stops the run at the iteration it landed in, as before. Several processes must agree through
+    an all-reduce, a host sync on GPUs and a round trip on CPUs: every --log-every iterations.
     """
     def should_stop() -> bool:
-        return not at_epoch_end(run.trainer) and stop_requested(stop)
+        return not at_epoch_end(run.trainer) and agree_to_stop(stop)
 
     if in_process_group():
         attach_stop(run.trainer, should_stop, save, every=run.cfg.log_every)
@@ -167,8 +167,9 @@ def at_epoch_end(engine: Engine) -> bool:
     return engine.state.iteration % engine.state.epoch_length == 0
 
 
-def stop_requested(stop: StopSignal) -> bool:
-    """Whether any process was asked to stop; all ranks agree on the same iteration."""
+def agree_to_stop(stop: StopSignal) -> bool:
+    """Whether any process was asked to stop: a collective under torchrun (every rank must call it at the same
+    iteration, and all get the same answer); a plain check in one process."""
     return agreed_stop_reason(stop.reason()) is not None
 
 
