@@ -13,7 +13,7 @@ import click
 from ignite_app import __version__
 from ignite_app.config import (
     AMP_MODES, COMPILE_MODES, BACKENDS, LR_SCHEDULES, MONITOR_MODES, NA_POLICIES, OPTIMIZERS, REQUEUE_SIGNALS,
-    RESUME_FIXED_KEYS, TASKS, Config, build_config, default_of, default_output_dir, file_dataset, load_yaml, parse_model_args,
+    TASKS, Config, build_config, changed_fixed_key, default_of, default_output_dir, file_dataset, load_yaml, parse_model_args,
 )
 from ignite_app.errors import AppError, UserError
 
@@ -274,10 +274,8 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise UserError(f"--output-dir {out} conflicts with --resume {resume}: a resumed run continues in {run_dir}")
     cfg = build_config(saved, {**asked, "output_dir": str(run_dir), "resume": str(resume)})
-    # batch_size may change with the number of processes; train.resume.check_global_batch compares the global batch.
-    changed = [k for k in RESUME_FIXED_KEYS if k != "batch_size" and getattr(cfg, k) != getattr(saved_cfg, k)]
-    if changed:
-        key = changed[0]
+    key = changed_fixed_key(saved_cfg, cfg)
+    if key is not None:
         raise UserError(
             f"--{key.replace('_', '-')} cannot change when resuming (run has {getattr(saved_cfg, key)!r}, "
             f"asked {getattr(cfg, key)!r}); start a new run with --output-dir instead"

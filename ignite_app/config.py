@@ -177,6 +177,15 @@ class Config:
         return self.mode or metric_direction(self.monitor.partition("/")[2])
 
 
+def changed_fixed_key(saved: Config, asked: Config) -> str | None:
+    """The first key of RESUME_FIXED_KEYS whose value differs between a run's saved config and ``asked``, or None.
+
+    batch_size is left out: it may change with the number of processes (train.resume.check_global_batch
+    compares the global batch instead).
+    """
+    return next((k for k in RESUME_FIXED_KEYS if k != "batch_size" and getattr(saved, k) != getattr(asked, k)), None)
+
+
 def config_keys() -> tuple[str, ...]:
     """Every key a YAML config file may hold."""
     return tuple(f.name for f in fields(Config))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ignite_app.config import RESUME_FIXED_KEYS, Config, build_config
+from ignite_app.config import Config, build_config, changed_fixed_key
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import TMP_SUFFIX, remove_stale_temporaries
 from ignite_app.io.paths import is_run_dir, run_config
@@ -48,10 +48,8 @@ def interrupted_start(out: Path) -> bool:
 def check_same_run(run_dir: Path, asked: Config) -> None:
     """Refuse a run whose saved config computes something else than ``asked`` (the keys that cannot change on resume)."""
     saved = run_config(run_dir)
-    # batch_size may change with the number of processes; train.resume.check_global_batch compares the global batch.
-    changed = [key for key in RESUME_FIXED_KEYS if key != "batch_size" and getattr(saved, key) != getattr(asked, key)]
-    if changed:
-        key = changed[0]
+    key = changed_fixed_key(saved, asked)
+    if key is not None:
         raise UserError(
             f"--resume auto: {run_dir} holds a run of another configuration (--{key.replace('_', '-')} "
             f"{getattr(saved, key)!r} there, {getattr(asked, key)!r} asked); rerun it with its own options "
