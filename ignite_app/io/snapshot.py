@@ -35,6 +35,14 @@ class Snapshots:
         """Bytes that :meth:`take` would copy anew (the tensors with no current copy)."""
         return sum(_nbytes(t) for t in _tensors(value) if self._current(t) is None)
 
+    def has_stale_copy(self, value: Any) -> bool:
+        """Whether some tensor of ``value`` has a copy taken before it last changed."""
+        for tensor in _tensors(value):
+            entry = self._copies.get(_key(tensor))
+            if entry is not None and entry[1] != tensor._version:
+                return True
+        return False
+
     def cached_bytes(self) -> int:
         """Bytes held by the copies in the cache."""
         return sum(_nbytes(c) for _, _, c in self._copies.values())

@@ -104,6 +104,22 @@ def test_saver_refuses_non_finite_weights(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("values, finite", [
+    ([1.0, 2.0, 3.0], True),
+    ([1.0, float("nan"), 3.0], False),
+    ([1.0, float("inf"), 3.0], False),
+    ([float("inf"), float("-inf"), 0.0], False),  # the sum is NaN
+    ([3e38, 3e38, -3e38], True),  # finite elements whose sum overflows: checked element by element
+    ([6e4, 6e4], True),  # the same in fp16 (max 65504), below
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_agrees_with_the_element_by_element_check(values, finite, dtype):
+    tensor = torch.tensor(values, dtype=torch.float64).to(dtype)
+    assert ckpt.all_finite(tensor) is bool(torch.isfinite(tensor).all())
+    if dtype in (torch.float32, torch.float64) or max(abs(v) for v in values) < 6.5e4:
+        assert ckpt.all_finite(tensor) is finite
+
+
 def test_slow_save_fault_leaves_a_temporary_file_then_a_whole_checkpoint(tmp_path, monkeypatch):
     ckpt.AtomicSaver(tmp_path, wrap_file=slow_writes(0.05))(tiny_state(), "checkpoint_1.pt")
     assert ckpt.read_checkpoint(tmp_path / "checkpoint_1.pt", require_checksum=True)["trainer"]["iteration"] == 7

@@ -71,6 +71,26 @@ def test_the_background_saver_waits_only_when_a_save_would_need_a_second_copy_of
     assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
 
 
+def test_tensors_only_the_best_model_holds_do_not_make_the_training_checkpoint_wait(tmp_path):
+    # The best model also carries its preprocessing; the training checkpoint then needs only the optimizer
+    # state beside the shared weights. A rule on total bytes made this second save wait for the first write.
+    model, optimizer = model_and_optimizer()
+    gate = threading.Event()
+    release = threading.Timer(10.0, gate.set)  # only so that a saver that waits cannot hang the suite
+    release.start()
+    saver = ckpt.BackgroundSaver(ckpt.AtomicSaver(tmp_path, wrap_file=lambda f, n: _Gated(f, gate)))
+    try:
+        saver({"model": model.state_dict(), "preprocess": {"mean": torch.randn(64)}}, "best.pt")
+        saver({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer": {"rng": torch.randn(8)}}, "train.pt")
+        assert not (tmp_path / "best.pt").exists()  # returned while the writer is still held at the gate
+    finally:
+        gate.set()
+        release.cancel()
+        saver.close()
+    assert torch.equal(ckpt.read_checkpoint(tmp_path / "train.pt")["optimizer"]["state"][0]["exp_avg"],
+                       optimizer.state_dict()["state"][0]["exp_avg"])
+
+
 class _Gated:
     """A file whose writes wait until ``gate`` is set."""
 
