@@ -636,8 +636,8 @@ def inference_run(args: argparse.Namespace) -> None:
         folder = Path(tmp)
         run_process([sys.executable, str(REPO / "scripts" / "train.py"), "--model", "mlp", "--epochs", "1", "--device",
                      "cpu", "--no-progress", "--output-dir", str(folder / "run")], env)
-        inputs, dataset = write_inference_data(args.rows, folder)
-        commands = inference_commands(folder / "run", inputs, dataset, args.rows, folder)
+        files = write_inference_data(args.rows, folder)
+        commands = inference_commands(folder / "run", files, args.rows, folder)
         wall: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         peaks: dict[str, list[float]] = {name: [] for name in commands}
@@ -648,6 +648,8 @@ def inference_run(args: argparse.Namespace) -> None:
                 wall[name].append(seconds)
                 cpu[name].append(usage.ru_utime + usage.ru_stime)
                 peaks[name].append(usage.ru_maxrss / 1024)
+        if not same_predictions(folder / "plain.csv", folder / "app.csv"):
+            raise SystemExit("ignite-app predict and the plain script predicted different labels: the comparison is void")
     print(f"\n{describe_machine(args)}")
     print(f"whole processes on {args.rows:,} rows (MLP 64-256-256-10 trained 1 epoch on digits), CPU, "
           f"{args.reps} repetitions in rotating order, start-up included\n")
@@ -662,8 +664,12 @@ def inference_run(args: argparse.Namespace) -> None:
           "CSV out; evaluate: the train split of a dataset with 1.25x the rows (the plain script reads the same file).")
 
 
-def write_inference_data(rows: int, folder: Path) -> tuple[Path, Path]:
-    """Digits tiled to ``rows`` inputs (predict) and to 1.25x ``rows`` labelled samples, whose train split has ``rows``."""
+def write_inference_data(rows: int, folder: Path) -> dict[str, Path]:
+    """Digits tiled to ``rows`` inputs (predict) and to 1.25x ``rows`` labelled samples, whose train split has ``rows``.
+
+    ignite-app gets the pixels as digits has them (0..16) and applies the run's stored preprocessing (x / 16);
+    the plain script, which knows no preprocessing, gets them already divided: both feed the model the same values.
+    """
     import numpy as np
 
     from ignite_app.data.sources import load_splits
@@ -672,12 +678,21 @@ def write_inference_data(rows: int, folder: Path) -> tuple[Path, Path]:
     full = load_splits(Config(dataset="digits"))
     x = torch_cat(full.train.x, full.val.x).numpy()
     y = torch_cat(full.train.y, full.val.y).numpy()
+    raw = np.rint(x * 16).astype(np.float32)
     take = lambda n: np.resize(np.arange(len(x)), n)  # noqa: E731
-    inputs, dataset = folder / "inputs.npz", folder / "dataset.npz"
-    np.savez(inputs, x=x[take(rows)])
     labelled = take(rows * 5 // 4)
-    np.savez(dataset, x=x[labelled], y=y[labelled])
-    return inputs, dataset
+    files = {name: folder / f"{name}.npz" for name in ("app-inputs", "app-dataset", "plain-inputs", "plain-dataset")}
+    np.savez(files["app-inputs"], x=raw[take(rows)])
+    np.savez(files["app-dataset"], x=raw[labelled], y=y[labelled])
+    np.savez(files["plain-inputs"], x=raw[take(rows)] / np.float32(16))
+    np.savez(files["plain-dataset"], x=raw[labelled] / np.float32(16), y=y[labelled])
+    return files
+
+
+def same_predictions(a: Path, b: Path) -> bool:
+    """Whether two prediction CSVs name the same label on every row (their first column)."""
+    read = lambda path: [line.split(",", 1)[0] for line in path.read_text().splitlines()[1:]]  # noqa: E731
+    return read(a) == read(b)
 
 
 def torch_cat(a: Any, b: Any) -> Any:
@@ -687,16 +702,16 @@ def torch_cat(a: Any, b: Any) -> Any:
     return torch.cat([a, b])
 
 
-def inference_commands(run: Path, inputs: Path, dataset: Path, rows: int, folder: Path) -> dict[str, list[str]]:
+def inference_commands(run: Path, files: dict[str, Path], rows: int, folder: Path) -> dict[str, list[str]]:
     """The four timed command lines, by name."""
     app = [sys.executable, "-m", "ignite_app.cli"]
     plain = [sys.executable, str(REPO / "scripts" / "plain_inference.py")]
     return {
-        "plain predict": [*plain, "predict", str(run), str(inputs), str(folder / "plain.csv")],
-        "ignite-app predict": [*app, "predict", str(run), "--input", str(inputs), "--output", str(folder / "app.csv"),
-                               "--device", "cpu"],
-        "plain evaluate": [*plain, "evaluate", str(run), str(dataset), "--rows", str(rows)],
-        "ignite-app evaluate": [*app, "evaluate", str(run), "--dataset", f"npz:{dataset}", "--split", "train",
+        "plain predict": [*plain, "predict", str(run), str(files["plain-inputs"]), str(folder / "plain.csv")],
+        "ignite-app predict": [*app, "predict", str(run), "--input", str(files["app-inputs"]), "--output",
+                               str(folder / "app.csv"), "--overwrite", "--device", "cpu"],
+        "plain evaluate": [*plain, "evaluate", str(run), str(files["plain-dataset"]), "--rows", str(rows)],
+        "ignite-app evaluate": [*app, "evaluate", str(run), "--dataset", f"npz:{files['app-dataset']}", "--split", "train",
                                 "--device", "cpu", "--json"],
     }
 

@@ -293,14 +293,25 @@ def class_names(target: np.ndarray, name: str) -> list[str]:
 
 
 def label_codes(target: np.ndarray, classes: list[str], name: str) -> np.ndarray:
-    """Each label's index in ``classes``; a label the model does not know is an error."""
+    """Each label's index in ``classes``; a label the model does not know is an error.
+
+    Each distinct value is named once (``label_name`` per row took 0.33 s of ``evaluate`` on 125k rows).
+    """
     index = {c: k for k, c in enumerate(classes)}
-    names = [label_name(v) for v in np.asarray(target).reshape(len(target))]
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        raise UserError(f"dataset {name!r} has label {unknown[0]!r}, which is not one of the model's classes "
+    values = np.asarray(target).reshape(len(target))
+    if values.dtype == object:  # text (or mixed) labels: one name per distinct value, in a dict
+        seen: dict[Any, int] = {}
+        codes = np.fromiter((seen[v] if v in seen else seen.setdefault(v, index.get(label_name(v), -1)) for v in values),
+                            dtype=np.int64, count=len(values))
+    else:
+        distinct, inverse = np.unique(values, return_inverse=True)
+        codes = np.array([index.get(label_name(v), -1) for v in distinct], dtype=np.int64)[inverse.reshape(len(values))]
+    unknown = codes < 0
+    if unknown.any():
+        first = values[np.argmax(unknown)]  # the first unknown label in the file's order
+        raise UserError(f"dataset {name!r} has label {label_name(first)!r}, which is not one of the model's classes "
                         f"({_shortlist(classes)}); use data with those labels")
-    return np.array([index[n] for n in names], dtype=np.int64)
+    return codes
 
 
 # --- from a table or arrays to rows -----------------------------------------------------------------

@@ -27,15 +27,17 @@ def stratified_split(labels: np.ndarray | None, size: int, fraction: float,
     n_val = min(size - 1, max(1, int(round(size * fraction))))
     if labels is None:
         return order[n_val:], order[:n_val]
-    quota = class_quotas(np.asarray(labels), n_val)
-    taken = np.zeros_like(quota)
-    is_val = np.zeros(size, dtype=bool)
-    for row in order:
-        label = labels[row]
-        if taken[label] < quota[label]:
-            taken[label] += 1
-            is_val[row] = True
-    return order[~is_val[order]], order[is_val[order]]
+    labels = np.asarray(labels)
+    quota = class_quotas(labels, n_val)
+    # Each class's first quota[c] rows in the shuffled order go to validation. Vectorised: a row's rank
+    # among the rows of its class, in that order (a loop over the rows took 45 ms per 125k rows).
+    in_order = labels[order]
+    counts = np.bincount(in_order, minlength=len(quota))
+    by_class = np.argsort(in_order, kind="stable")  # positions grouped by class, shuffled order kept within each
+    rank = np.empty(size, dtype=np.int64)
+    rank[by_class] = np.arange(size) - np.repeat(np.cumsum(counts) - counts, counts)
+    is_val = rank < quota[in_order]
+    return order[~is_val], order[is_val]
 
 
 def class_quotas(labels: np.ndarray, n_val: int) -> np.ndarray:

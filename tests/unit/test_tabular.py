@@ -380,3 +380,49 @@ def test_a_checkpoint_from_before_stored_preprocessing_is_not_resumed_on_a_csv(t
     old.with_name(old.name + ".sha256").write_text(f"{hashlib.sha256(old.read_bytes()).hexdigest()}  {old.name}\n")
     result = invoke_app("train", "--no-progress", "--resume", str(tmp_path / "run"), "--epochs", "2")
     assert_one_error_line(result.exit_code, result.stderr, result.output, "written before preprocessing was stored")
+
+
+@pytest.mark.parametrize("target, classes", [
+    (np.array([3, 1, 2, 1, 3, 0]), ["0", "1", "2", "3"]),
+    (np.array([1.0, -1.0, 1.0, 2.5]), ["-1", "1", "2.5"]),
+    (np.array(["cat", "dog", "cat", "bird"], dtype=object), ["bird", "cat", "dog"]),
+    (np.array([[2], [0], [1]]), ["0", "1", "2"]),  # a column vector
+])
+def test_label_codes_name_each_distinct_label_as_row_by_row_naming_would(target, classes):
+    from ignite_app.data.preprocess import label_codes, label_name
+
+    expected = [classes.index(label_name(v)) for v in target.reshape(len(target))]
+    codes = label_codes(target, classes, "d")
+    assert codes.dtype == np.int64 and codes.tolist() == expected
+
+
+@pytest.mark.parametrize("target, first", [
+    (np.array([0, 7, 1, 9]), "7"),  # the first unknown label in the file's order, not the smallest
+    (np.array([0.0, -2.0, 1.0]), "-2"),
+    (np.array(["a", "zebra", "b", "yak"], dtype=object), "zebra"),
+])
+def test_label_codes_name_the_first_unknown_label(target, first):
+    from ignite_app.data.preprocess import label_codes
+
+    with pytest.raises(UserError, match=f"has label '{first}', which is not one of the model's classes"):
+        label_codes(target, ["0", "1", "a", "b"], "d")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_split_picks_the_rows_the_row_by_row_definition_picks(seed):
+    """Each class's first quota rows in the shuffled order go to validation: the split a run was trained
+    with must not change when its evaluation or resume recomputes it."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2, 400))
+    labels = rng.integers(0, int(rng.integers(1, 12)), size)  # some classes empty or with one row
+    train_rows, val_rows = stratified_split(labels, size, 0.25, seed=seed)
+
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).numpy()
+    quota = class_quotas(labels, min(size - 1, max(1, int(round(size * 0.25)))))
+    taken, expected = np.zeros_like(quota), []
+    for row in order:
+        if taken[labels[row]] < quota[labels[row]]:
+            taken[labels[row]] += 1
+            expected.append(row)
+    assert val_rows.tolist() == expected
+    assert train_rows.tolist() == [row for row in order if row not in set(expected)]
