@@ -24,6 +24,7 @@ number of epochs, in rotating order, several times.
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
     python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
     python scripts/bench.py --validation --epochs 30          # one validation pass: evaluator against raw no_grad
+    python scripts/bench.py --distributed --whole-epochs 10   # 1 process against torchrun's 2 on the CPU, and plain DDP
     python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
     python scripts/bench.py --device cuda --model resnet --data cifar --batch-size 512 --amp bf16 --channels-last
@@ -490,6 +491,64 @@ def whole_command(kind: str, args: argparse.Namespace, epochs: int | None, out: 
             *(["--fused"] if kind == "fused" else [])]
 
 
+# ---------------------------------------------------------------- processes and threads on the CPU
+
+
+DISTRIBUTED = {  # name: (label, launcher processes, torch threads per process, batch per process)
+    "plain 1x1": ("plain loop, fused Adam: 1 process x 1 thread", 1, 1, 64),
+    "plain 1x2": ("plain loop, fused Adam: 1 process x 2 threads", 1, 2, 64),
+    "plain 2x1": ("plain DDP, fused Adam: torchrun 2 processes x 1 thread, batch 32 each", 2, 1, 32),
+    "app 1x1": ("ignite_app: 1 process x 1 thread", 1, 1, 64),
+    "app 1x2": ("ignite_app: 1 process x 2 threads", 1, 2, 64),
+    "app 2x1": ("ignite_app: torchrun 2 processes x 1 thread, batch 32 each", 2, 1, 32),
+}
+
+
+def distributed_run(args: argparse.Namespace) -> None:
+    """``--distributed``: one process against torchrun's two on the CPU, whole runs at the same global batch (64).
+
+    Each command runs ``--whole-epochs`` epochs and 1 epoch; the difference, divided by the extra epochs, is
+    the time of an epoch with start-up (and torchrun's rendezvous) taken out.
+    """
+    names = list(DISTRIBUTED)
+    wall: dict[str, dict[int, list[float]]] = {name: {1: [], args.whole_epochs: []} for name in names}
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
+        for rep in range(args.reps):
+            for name in names[rep % len(names):] + names[: rep % len(names)]:
+                for epochs in (args.whole_epochs, 1):
+                    cmd = distributed_command(name, args.model, epochs, Path(tmp) / f"{name.replace(' ', '-')}-{rep}-{epochs}")
+                    seconds, _, _ = run_process(cmd, thread_env(DISTRIBUTED[name][2]))
+                    wall[name][epochs].append(seconds)
+    extra = args.whole_epochs - 1
+    per_epoch = {name: [(a - b) / extra for a, b in zip(wall[name][args.whole_epochs], wall[name][1])] for name in names}
+    print(f"\n{describe_machine(args)}")
+    print(f"{args.model} on digits, global batch 64, {args.whole_epochs} and 1 epochs per command, {args.reps} repetitions "
+          f"in rotating order\n")
+    rows = []
+    for name in names:
+        base = "plain 1x1" if name.startswith("plain") else "app 1x1"
+        ratios = [b / a for a, b in zip(per_epoch[name], per_epoch[base])]  # epochs per second against one process
+        rows.append([DISTRIBUTED[name][0], spread(per_epoch[name]), spread(ratios),
+                     spread([a / b for a, b in zip(per_epoch[name], per_epoch["plain 1x1"])]),
+                     spread(wall[name][args.whole_epochs], 2), spread(wall[name][1], 2)])
+    print_table(["command", "s/epoch", "speed x 1 process (same code)", "time x plain 1x1",
+                 f"wall s, {args.whole_epochs} epochs", "wall s, 1 epoch"], rows)
+    print(f"\nmedian (min-max). s/epoch: (wall of {args.whole_epochs} epochs - wall of 1 epoch) / {extra}: start-up taken "
+          "out. speed x 1 process: epochs per second against the same code in 1 process x 1 thread (above 1 is faster).")
+
+
+def distributed_command(name: str, model: str, epochs: int, out: Path) -> list[str]:
+    """One command line of ``--distributed``."""
+    _, processes, threads, batch = DISTRIBUTED[name]
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                          f"--nproc_per_node={processes}"]
+    if name.startswith("plain"):
+        return [*launcher, str(REPO / "scripts" / "plain_loop.py"), "--fused", "--model", model, "--epochs", str(epochs),
+                "--batch-size", str(batch), "--output", f"{out}.pt"]
+    return [*launcher, str(REPO / "scripts" / "train.py"), "--device", "cpu", "--model", model, "--epochs", str(epochs),
+            "--batch-size", str(batch), "--threads", str(threads), "--patience", "0", "--no-progress", "--output-dir", str(out)]
+
+
 # ---------------------------------------------------------------- validation alone
 
 
@@ -788,6 +847,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=100_000, help="--inference: rows to predict and evaluate [100000]")
     p.add_argument("--big-checkpoint", action="store_true", help="the 17M-parameter MLP (--model big): checkpoint stall "
                    "per epoch and peak RSS, ignite_app's in-memory path against the fused plain loop, fresh processes")
+    p.add_argument("--distributed", action="store_true", help="one process (1 or 2 threads) against torchrun's 2 "
+                   "processes on the CPU, ignite_app and the plain loop (DDP), whole runs at global batch 64")
     p.add_argument("--validation", action="store_true", help="time one validation pass of ignite_app's evaluator against "
                    "the raw no_grad pass instead (--epochs passes each)")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
@@ -795,10 +856,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     p.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.model = args.model or ("cnn" if args.whole_run else "mlp")
+    args.model = args.model or ("cnn" if args.whole_run or args.distributed else "mlp")
     if args.model == "resnet" and args.data != "cifar":
         p.error("--model resnet needs --data cifar (3x32x32 images)")
-    if args.whole_run and (args.data != "digits" or args.model == "resnet"):
+    if (args.whole_run or args.distributed) and (args.data != "digits" or args.model == "resnet"):
         p.error("--whole-run trains on digits: use --model mlp or cnn")
     variants = args.variants.split(",")
     if not variants or any(v not in VARIANTS for v in variants):
@@ -822,6 +883,8 @@ def main(argv: list[str] | None = None) -> None:
         return whole_run(args)
     if args.inference:
         return inference_run(args)
+    if args.distributed:
+        return distributed_run(args)
     if args.validation:
         return validation_run(args)
     import torch

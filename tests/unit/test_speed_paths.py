@@ -322,6 +322,18 @@ def test_bench_inference_times_both_commands_against_the_plain_script():
     assert rows[1][2] == rows[3][2] == "1.000 (1.000-1.000)" and "2,000 rows" in out
 
 
+@pytest.mark.e2e  # real processes, two of them under torchrun
+def test_bench_distributed_times_one_process_against_torchruns_two_for_both_loops():
+    out = bench("--distributed", "--model", "mlp", "--whole-epochs", "2", "--reps", "1")
+    rows = table(out)
+    assert rows[0] == ["command", "s/epoch", "speed x 1 process (same code)", "time x plain 1x1", "wall s, 2 epochs",
+                       "wall s, 1 epoch"]
+    labels = [r[0] for r in rows[1:]]
+    assert labels[2].startswith("plain DDP") and "torchrun 2 processes" in labels[5] and len(labels) == 6
+    assert rows[1][2] == rows[4][2] == "1.000 (1.000-1.000)"  # each loop against itself in one process
+    assert all(float(r[4].split()[0]) > 0 for r in rows[1:])
+
+
 @pytest.mark.e2e  # a real process
 def test_bench_validation_times_the_evaluator_against_the_raw_pass():
     rows = table(bench("--validation", "--repeat", "1", "--warmup", "0", "--epochs", "2"))
