@@ -395,11 +395,16 @@ def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dic
     print_table(header, rows)
     print()
     print_table(*ratio_table(timings))
+    if interval_table(timings)[1]:
+        print()
+        print_table(*interval_table(timings))
     print("\nmedian (min-max) over the measured epochs. x plain / x fused / x floor: per-round ratio of epoch times "
           "to the plain loop with torch's default Adam, the plain loop with Adam(fused=True) (ignite_app's optimizer: "
           "like for like) and the eager floor (pre-sliced batches, step and validation only); below 1 is faster. "
           "CPU: process CPU time (all threads), less sensitive to other load. Memory and launch to first iteration: "
-          "one fresh process per variant. first epoch: the first warm-up epoch, which includes torch.compile with --compile.")
+          "one fresh process per variant. first epoch: the first warm-up epoch, which includes torch.compile with --compile. "
+          "95% interval: of the median per-round CPU-time ratio, by resampling the rounds (bootstrap, 2000 draws): "
+          "how far the median can be trusted on this machine.")
 
 
 def ratio_table(timings: Timings) -> tuple[list[str], list[list[str]]]:
@@ -409,6 +414,25 @@ def ratio_table(timings: Timings) -> tuple[list[str], list[list[str]]]:
     rows = [[VARIANTS[name]] + [spread(paired_ratios(timings.wall, name, b)) for b in bases]
             + [spread(paired_ratios(timings.cpu, name, b)) for b in bases] for name in timings.wall]
     return header, rows
+
+
+def interval_table(timings: Timings) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each ignite_app variant's median CPU-time ratio to the fused loop and to the floor, with the
+    95% bootstrap interval of that median (per-round ratios vary by tens of percent on a shared VM)."""
+    bases = [b for b in ("fused", "floor") if b in timings.cpu]
+    header = ["ignite_app variant"] + [f"CPU x {b}: median [95% interval]" for b in bases]
+    rows = [[VARIANTS[name]] + [interval(paired_ratios(timings.cpu, name, b)) for b in bases]
+            for name in timings.cpu if name in ("loader", "memory")]
+    return header, (rows if bases else [])
+
+
+def interval(values: list[float], draws: int = 2000, seed: int = 0) -> str:
+    """``median [low-high]``: the 2.5th and 97.5th percentiles of the median of ``values`` resampled with replacement."""
+    import random
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return f"{statistics.median(values):.3f} [{medians[int(0.025 * draws)]:.3f}-{medians[int(0.975 * draws) - 1]:.3f}]"
 
 
 def _fmt(value: float | None, pattern: str) -> str:

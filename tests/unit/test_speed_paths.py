@@ -254,8 +254,8 @@ def bench(*args: str) -> str:
 def test_bench_prints_every_column_for_every_variant():
     out = bench("--repeat", "1", "--warmup", "1", "--epochs", "1", "--batch-size", "128")
     rows = table(out)
-    split = [i for i, row in enumerate(rows) if row[0] == "variant"]
-    times, ratios = rows[: split[1]], rows[split[1]:]
+    split = [i for i, row in enumerate(rows) if row[0] in ("variant", "ignite_app variant")]
+    times, ratios, intervals = rows[: split[1]], rows[split[1]: split[2]], rows[split[2]:]
     assert times[0] == EPOCH_COLUMNS and ratios[0] == RATIO_COLUMNS
     assert [r[0] for r in times[1:]] == VARIANT_NAMES and [r[0] for r in ratios[1:]] == VARIANT_NAMES
     number = re.compile(r"^[\d,.]+( \([\d.]+-[\d.]+\))?$")
@@ -265,6 +265,12 @@ def test_bench_prints_every_column_for_every_variant():
     for i, base in enumerate(("plain", "fused", "floor")):  # every baseline divided by itself is exactly 1
         assert ratios[1 + i][1 + i] == "1.000 (1.000-1.000)" and ratios[1 + i][4 + i] == "1.000 (1.000-1.000)", base
     assert "1438 train samples" in out and re.search(r"machine: .*torch 2\.\d+.*threads 1", out)
+    assert intervals[0] == ["ignite_app variant", "CPU x fused: median [95% interval]", "CPU x floor: median [95% interval]"]
+    assert [r[0] for r in intervals[1:]] == VARIANT_NAMES[3:]
+    for row in intervals[1:]:  # one round: the interval is that round's ratio, which the ratio table shows too
+        for cell, ratio in zip(row[1:], (ratios[VARIANT_NAMES.index(row[0]) + 1][5], ratios[VARIANT_NAMES.index(row[0]) + 1][6])):
+            median, low, high = map(float, re.match(r"^([\d.]+) \[([\d.]+)-([\d.]+)\]$", cell).groups())
+            assert low == median == high == float(ratio.split()[0])
 
 
 @pytest.mark.e2e  # a real process
@@ -340,3 +346,20 @@ def test_bench_validation_times_the_evaluator_against_the_raw_pass():
     assert rows[0] == ["pass", "wall s", "time x raw", "CPU s", "CPU x raw"]
     assert [r[0] for r in rows[1:]] == ["raw no_grad pass", "ignite_app evaluator"]
     assert rows[1][2] == "1.000 (1.000-1.000)"
+
+
+def test_the_bootstrap_interval_holds_the_median_and_narrows_with_more_rounds(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import random
+
+    import bench
+
+    rng = random.Random(1)
+    widths = []
+    for rounds in (9, 400):
+        ratios = [1.1 + rng.gauss(0, 0.15) for _ in range(rounds)]
+        median, low, high = map(float, re.match(r"^([\d.]+) \[([\d.]+)-([\d.]+)\]$", bench.interval(ratios)).groups())
+        assert low <= median <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 3  # ~1/sqrt(44) of the width: far narrower with 400 rounds
+    assert 1.05 < low and high < 1.15  # and around the true median, 1.1
