@@ -25,11 +25,8 @@ import torch
 
 from ignite_app.config import Config
 from ignite_app.data.arrays import STATS_CHUNK_BYTES, ArrayLayout, StreamingArrayDataset, memory_budget
-from ignite_app.data.preprocess import (
-    NumericStep, Preprocessor, RawRows, class_names, fit, handle_missing, infer_task, label_codes, rows_from_arrays,
-)
-from ignite_app.data.sources import DataSpec, Splits, check_npz_arrays, check_npz_pair, other_file
-from ignite_app.data.splits import stratified_split
+from ignite_app.data.preprocess import NumericStep, Preprocessor, RawRows, fit, handle_missing, rows_from_arrays
+from ignite_app.data.sources import Splits, check_npz_arrays, check_npz_pair, split_rows
 from ignite_app.errors import UserError
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # a zip local file header: signature, ..., name length, extra length
@@ -127,27 +124,20 @@ def _targets(path: Path, layout: ArrayLayout) -> np.ndarray:
 
 
 def _splits(cfg: Config, stored: Preprocessor | None, layout: ArrayLayout, y: np.ndarray) -> Splits:
-    """The steps of ``sources._array_splits`` on the row numbers, with x left on disk."""
+    """``sources.split_rows`` on the row numbers, with x left on disk."""
     name, notes = cfg.dataset, []
     rows = handle_missing(_row_numbers(layout, y), cfg.na if stored is None else stored.na, name, notes)
-    if len(rows) < 2:
-        raise UserError(f"dataset {name!r} has {len(rows)} sample(s); it needs at least 2 to split train/validation")
-    if not np.isfinite(rows.numeric).all():
-        raise UserError(f"dataset {name!r} has NaN or infinite inputs; clean the data")
-    task = stored.task if stored else infer_task(rows.target, cfg.task, name)
-    classes = stored.classes if stored else (class_names(rows.target, name) if task == "classification" else [])
-    codes = label_codes(rows.target, classes, name) if task == "classification" else None
-    if cfg.val_dataset:
-        train_idx, val_idx = np.arange(len(rows)), None
-    else:
-        train_idx, val_idx = stratified_split(codes, len(rows), cfg.val_fraction)
-    pre = stored or replace(fit(rows.take(train_idx), task, classes, kind="array", standardize=cfg.standardize, na=cfg.na),
-                            sample_shape=list(layout.shape[1:]))
-    train = _dataset(layout, pre, rows.take(train_idx), name)
-    val = _dataset(layout, pre, rows.take(val_idx), name) if val_idx is not None else other_file(cfg.val_dataset, cfg, pre, notes)
-    test = other_file(cfg.test_dataset, cfg, pre, notes) if cfg.test_dataset else None
-    outputs = len(classes) if task == "classification" else int(train.y.shape[1])
-    return Splits(train, val, DataSpec(task, pre.input_shape, outputs), preprocess=pre, test=test, notes=tuple(notes))
+
+    def require_finite(rows: RawRows) -> None:
+        if not np.isfinite(rows.numeric).all():
+            raise UserError(f"dataset {name!r} has NaN or infinite inputs; clean the data")
+
+    def fit_training(train: RawRows, task: str, classes: list[str]) -> Preprocessor:
+        return replace(fit(train, task, classes, kind="array", standardize=cfg.standardize, na=cfg.na),
+                       sample_shape=list(layout.shape[1:]))
+
+    return split_rows(cfg, stored, rows, notes, fit_training, lambda pre, part: _dataset(layout, pre, part, name),
+                      check=require_finite)
 
 
 def _row_numbers(layout: ArrayLayout, y: np.ndarray) -> RawRows:

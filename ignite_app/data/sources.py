@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -96,19 +96,39 @@ def _array_splits(cfg: Config, stored: Preprocessor | None) -> Splits:
     name, notes = cfg.dataset, []
     rows, source = _read_rows(name, cfg, notes, stored)
     rows = handle_missing(rows, cfg.na if stored is None else stored.na, name, notes, source.get("line", lambda r: r + 1))
+
+    def fit_training(train: RawRows, task: str, classes: list[str]) -> Preprocessor:
+        return fit(train, task, classes, kind=source["kind"], standardize=cfg.standardize, na=cfg.na,
+                   columns=source.get("columns"), header=source.get("header", True), scale=source.get("scale"))
+
+    return split_rows(cfg, stored, rows, notes, fit_training, lambda pre, part: _preprocessed(pre, part, name),
+                      stratify=source.get("stratify", True))
+
+
+def split_rows(cfg: Config, stored: Preprocessor | None, rows: RawRows, notes: list[str],
+               fit_training: Callable[[RawRows, str, list[str]], Preprocessor],
+               dataset: Callable[[Preprocessor, RawRows], Any], stratify: bool = True,
+               check: Callable[[RawRows], None] | None = None) -> Splits:
+    """Cleaned rows split train/validation (stratified for classes), the preprocessing fitted on the training
+    rows (or ``stored``), and each part made a dataset by ``dataset``; ``check`` runs once there are two rows.
+
+    In memory the rows are the data; ``data/npz_stream.py`` passes row numbers and keeps x on disk.
+    """
+    name = cfg.dataset
     if len(rows) < 2:
         raise UserError(f"dataset {name!r} has {len(rows)} sample(s); it needs at least 2 to split train/validation")
+    if check is not None:
+        check(rows)
     task = stored.task if stored else infer_task(rows.target, cfg.task, name)
     classes = stored.classes if stored else (class_names(rows.target, name) if task == "classification" else [])
     codes = label_codes(rows.target, classes, name) if task == "classification" else None
     if cfg.val_dataset:
         train_idx, val_idx = np.arange(len(rows)), None
     else:
-        train_idx, val_idx = stratified_split(codes if source.get("stratify", True) else None, len(rows), cfg.val_fraction)
-    pre = stored or fit(rows.take(train_idx), task, classes, kind=source["kind"], standardize=cfg.standardize, na=cfg.na,
-                        columns=source.get("columns"), header=source.get("header", True), scale=source.get("scale"))
-    train = _preprocessed(pre, rows.take(train_idx), name)
-    val = _preprocessed(pre, rows.take(val_idx), name) if val_idx is not None else other_file(cfg.val_dataset, cfg, pre, notes)
+        train_idx, val_idx = stratified_split(codes if stratify else None, len(rows), cfg.val_fraction)
+    pre = stored or fit_training(rows.take(train_idx), task, classes)
+    train = dataset(pre, rows.take(train_idx))
+    val = dataset(pre, rows.take(val_idx)) if val_idx is not None else other_file(cfg.val_dataset, cfg, pre, notes)
     test = other_file(cfg.test_dataset, cfg, pre, notes) if cfg.test_dataset else None
     outputs = len(classes) if task == "classification" else int(train.y.shape[1])
     spec = DataSpec(task=task, input_shape=pre.input_shape, num_outputs=outputs)
