@@ -395,9 +395,10 @@ def report(args: argparse.Namespace, samples: int, timings: Timings, probes: dic
     print_table(header, rows)
     print()
     print_table(*ratio_table(timings))
-    if interval_table(timings)[1]:
+    intervals = interval_table(timings)
+    if intervals[1]:
         print()
-        print_table(*interval_table(timings))
+        print_table(*intervals)
     print("\nmedian (min-max) over the measured epochs. x plain / x fused / x floor: per-round ratio of epoch times "
           "to the plain loop with torch's default Adam, the plain loop with Adam(fused=True) (ignite_app's optimizer: "
           "like for like) and the eager floor (pre-sliced batches, step and validation only); below 1 is faster. "
