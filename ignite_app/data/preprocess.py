@@ -30,7 +30,7 @@ STATE_VERSION = 1
 class RawRows:
     """Rows before preprocessing: numeric cells (NaN where missing), text cells (None where missing), targets."""
 
-    numeric: np.ndarray  # (N, *sample_shape) float64
+    numeric: np.ndarray  # (N, *sample_shape) float32 or float64 (see _as_floats)
     text: np.ndarray  # (N, C) object
     numeric_names: list[str]
     text_names: list[str]
@@ -179,13 +179,30 @@ class Preprocessor:
 
     def inputs(self, rows: RawRows, name: str) -> torch.Tensor:
         """The model inputs for ``rows``: numeric step, then the one-hot columns (tables); ``name`` says where they are from."""
-        with torch.no_grad():
-            x = self.numeric_step(torch.as_tensor(rows.numeric, dtype=torch.float32))
-        if self.kind == "table":
-            x = torch.cat([x.reshape(len(rows), -1)] + [self._one_hot(rows.text[:, j], j) for j in range(len(self.text_names))], dim=1)
+        x = self._numeric_inputs(torch.as_tensor(rows.numeric, dtype=torch.float32))
         if not torch.isfinite(x).all():
             raise UserError(f"{name} has NaN or infinite inputs; clean the data")
+        if self.kind == "table":
+            x = torch.cat([x.reshape(len(rows), -1)] + [self._one_hot(rows.text[:, j], j) for j in range(len(self.text_names))], dim=1)
         return x.contiguous()
+
+    def _numeric_inputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """What :attr:`numeric_step` gives for ``raw``, bit for bit, in fewer passes over the data.
+
+        The module fills NaN before it shifts and scales (it sits in exported models); here the shift
+        and scale come first and the fill only where the result is not finite, so rows without
+        missing values take two passes and one new tensor instead of five passes and four
+        (``predict`` on 100k rows of 64 features: 97 -> ~25 ms). The filled cells get
+        ``(fill - shift) / scale``: the same float32 operations on the same values.
+        """
+        shift, scale, fill = self.shift.float(), self.scale.float(), self.fill.float()  # as NumericStep's buffers
+        with torch.no_grad():
+            x = torch.sub(raw, shift).div_(scale)
+            if not torch.isfinite(x).all():
+                missing = torch.isnan(raw)
+                if missing.any():
+                    x = torch.where(missing, (fill - shift) / scale, x)
+        return x
 
     def _one_hot(self, words: np.ndarray, column: int) -> torch.Tensor:
         """One column per training category; a missing word counts as the most frequent one, an unseen word as none."""
@@ -394,7 +411,16 @@ def rows_from_arrays(x: np.ndarray, y: np.ndarray | None) -> RawRows:
     """Array samples (any shape) and their targets."""
     target_names = [] if y is None else [f"target_{k}" for k in range(1 if y.ndim == 1 else int(np.prod(y.shape[1:])))]
     names = [str(i) for i in range(int(np.prod(x.shape[1:])))] if x.ndim == 2 else []
-    return RawRows(x.astype(np.float64), np.empty((len(x), 0), dtype=object), names, [], y, target_names)
+    return RawRows(_as_floats(x), np.empty((len(x), 0), dtype=object), names, [], y, target_names)
+
+
+def _as_floats(x: np.ndarray) -> np.ndarray:
+    """``x`` as floats that hold each value exactly: float32 stays float32 (no 2x copy of a large array;
+    the model gets float32 anyway), small integers become float32, the rest float64."""
+    if x.dtype == np.float32:
+        return x
+    exact_in_float32 = x.dtype in (np.float16, np.int8, np.uint8, np.int16, np.uint16, np.bool_)
+    return x.astype(np.float32 if exact_in_float32 else np.float64)
 
 
 # --- missing values ----------------------------------------------------------------------------------
@@ -479,6 +505,7 @@ def labels_only(sample_shape: list[int], classes: list[str]) -> Preprocessor:
 def _column_statistics(x: np.ndarray, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per column: mean, standard deviation (1 where constant) and median of the present values."""
     width = x.shape[1]
+    x = np.asarray(x, dtype=np.float64)  # float32 data too: the statistics do not depend on the file's dtype
     present = ~np.isnan(x)
     safe = np.where(present, x, 0.0)
     count = np.maximum(present.sum(axis=0), 1)

@@ -291,22 +291,60 @@ def write_predictions(arrays: dict[str, np.ndarray], path: Path, pre: Preprocess
 
 
 def csv_bytes(arrays: dict[str, np.ndarray], pre: Preprocessor | None = None) -> bytes:
-    """The CSV text of :func:`write_predictions`, formatted by ``numpy.savetxt`` (~2x faster than joining strings)."""
+    """The CSV text of :func:`write_predictions`: a header line, then one row per sample.
+
+    The rows are written by pyarrow's CSV writer (C++): 0.09 s per 100k rows of 10 probabilities
+    against 0.32 s for ``numpy.savetxt``, a Python loop over rows (issue 16; 2-core VM). Floats are
+    written in their shortest exact form (float32: at most 9 digits), so reading the file gives back
+    the model's values bit for bit; text labels are quoted, as CSV allows.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
     if "labels" in arrays:
         probs = arrays["probabilities"]
         names = pre.classes if pre is not None and pre.classes else [str(k) for k in range(probs.shape[1])]
         header = ["label"] + [f"prob_{name}" for name in names]
-        values, where = np.unique(arrays["labels"], return_inverse=True)  # quote each class name once, not per row
-        labels = np.array([_csv_line([str(v)]).rstrip("\n") for v in values], dtype=object)[where.reshape(-1)]
-        table, fmt = np.column_stack([labels.astype(object), probs.astype(object)]), ["%s"] + ["%.6g"] * probs.shape[1]
+        columns = [_arrow_labels(np.asarray(arrays["labels"]))] + [_arrow_numbers(c) for c in probs.T]
     else:
         table = arrays["outputs"]
         named = pre is not None and pre.kind == "table" and len(pre.target_names) == table.shape[1]
         header = list(pre.target_names) if named else [f"output_{k}" for k in range(table.shape[1])]
-        fmt = ["%.7g"] * table.shape[1]
+        columns = [_arrow_numbers(c) for c in table.T]
     buffer = io.BytesIO()
-    np.savetxt(buffer, table, fmt=fmt, delimiter=",", header=_csv_line(header).rstrip("\n"), comments="")
+    buffer.write(_csv_line(header).encode("utf-8"))
+    rows = pa.Table.from_arrays(columns, names=[str(k) for k in range(len(columns))])  # the header is the line above
+    pa_csv.write_csv(rows, buffer, pa_csv.WriteOptions(include_header=False))
     return buffer.getvalue()
+
+
+# pyarrow.array() imports pandas to check for its types (0.25-0.3 s of a 2 s predict): arrays are built from buffers.
+
+
+def _arrow_numbers(values: np.ndarray) -> Any:
+    """A numeric column (int64, float32 or float64) as an Arrow array over the same memory."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    kind = {np.dtype(np.int64): pa.int64(), np.dtype(np.float32): pa.float32(), np.dtype(np.float64): pa.float64()}
+    if values.dtype not in kind:
+        values, arrow_type = values.astype(np.float64), pa.float64()
+    else:
+        arrow_type = kind[values.dtype]
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
+def _arrow_labels(labels: np.ndarray) -> Any:
+    """Class labels: whole numbers as numbers, words as a dictionary column (each distinct word encoded once)."""
+    import pyarrow as pa
+
+    if np.issubdtype(labels.dtype, np.integer):
+        return _arrow_numbers(labels.astype(np.int64))
+    words, codes = np.unique(labels, return_inverse=True)
+    data = [str(word).encode("utf-8") for word in words]
+    offsets = np.cumsum([0] + [len(d) for d in data], dtype=np.int32)
+    dictionary = pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    return pa.DictionaryArray.from_arrays(_arrow_numbers(codes.reshape(-1).astype(np.int64)), dictionary)
 
 
 def predict(checkpoint: Path, input_path: Path, output_path: Path, target: str | None = None,
