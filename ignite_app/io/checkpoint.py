@@ -29,6 +29,7 @@ from torch import nn
 from ignite_app.errors import NonFiniteLossError, UserError, first_line
 from ignite_app.io.atomic import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
 from ignite_app.io.safefile import file_kind, read_bounded
+from ignite_app.data.checks import all_finite
 
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"
@@ -115,18 +116,6 @@ def require_finite(checkpoint: Mapping) -> None:
                 f"the weights became non-finite (model.{name}); no checkpoint was written and the last good one is kept: "
                 "lower --lr or use --clip-grad-norm"
             )
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every element of a floating-point tensor is finite.
-
-    A sum is finite only if every element is (NaN and inf propagate through it; inf - inf is NaN),
-    so a finite sum answers at once. Only a non-finite sum, which finite elements also give when
-    they overflow the dtype, is checked element by element. Measured on a 4096x4096 fp32 tensor
-    (1 CPU thread): 6.6 ms for the sum, 82 ms for ``torch.isfinite(t).all()``; at 17M parameters the
-    check ran twice per epoch end (best model and training checkpoint) and took 0.27 s each.
-    """
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def make_train_checkpoint(to_save: Mapping[str, Any], saver: AtomicSaver, n_saved: int) -> Checkpoint:

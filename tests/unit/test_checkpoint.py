@@ -13,6 +13,7 @@ from torch import nn
 from conftest import ExecPayload, ShellPayload, flip_tensor_byte, save_as_if_on_cuda, write_sidecar
 from faults import full_disk_from, slow_writes
 from ignite_app.io import checkpoint as ckpt
+from ignite_app.data.checks import all_finite
 from ignite_app.train.state import GradState, RNGState
 from ignite_app.errors import DiskFullError, NonFiniteLossError
 from ignite_app.io.atomic import atomic_write, sha256_file
@@ -115,9 +116,9 @@ def test_saver_refuses_non_finite_weights(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_all_finite_agrees_with_the_element_by_element_check(values, finite, dtype):
     tensor = torch.tensor(values, dtype=torch.float64).to(dtype)
-    assert ckpt.all_finite(tensor) is bool(torch.isfinite(tensor).all())
+    assert all_finite(tensor) is bool(torch.isfinite(tensor).all())
     if dtype in (torch.float32, torch.float64) or max(abs(v) for v in values) < 6.5e4:
-        assert ckpt.all_finite(tensor) is finite
+        assert all_finite(tensor) is finite
 
 
 def test_slow_save_fault_leaves_a_temporary_file_then_a_whole_checkpoint(tmp_path, monkeypatch):
