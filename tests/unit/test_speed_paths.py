@@ -195,9 +195,16 @@ def test_background_saver_writes_a_snapshot_and_raises_a_failed_write_later(tmp_
 
 
 IMPORT_CHECK = """
-import sys, torch
-from ignite_app.fastimport import defer_modules, import_ignite
+import gc, sys, torch
+from ignite_app.fastimport import collection_paused, defer_modules, import_ignite
+assert gc.get_freeze_count() == 0
 import_ignite()
+assert gc.isenabled() and gc.get_freeze_count() > 100_000  # torch's objects: skipped by later full collections
+gc.disable()
+with collection_paused():
+    assert not gc.isenabled()
+assert not gc.isenabled()  # left as it was found
+gc.enable()
 import ignite.handlers.checkpoint as c, ignite_app.train.loop
 assert "torch.distributed.fsdp" not in sys.modules and "torch.distributed.optim" not in sys.modules
 assert not isinstance(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), c.ZeroRedundancyOptimizer)
