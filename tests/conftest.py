@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -243,6 +243,71 @@ def train_tiny_run(run_dir: Path, *extra: str) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """The suite's one finished run (2 epochs of the default CNN on digits), shared by the tools' tests: read it, never change it."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
+def signalling_model(name: str, net: str) -> str:
+    """Source of a module defining ``name``: the layers ``net`` (an expression using ``nn``) in a model that sends
+    its own process ``SIGNAL_AT=K:NAME`` (e.g. ``12:TERM``) during training step K, to stop a run at an exact step."""
+    return f'''
+import os
+import signal
+
+from torch import nn
+
+
+class {name}(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = {net}
+        at, _, name = os.environ.get("SIGNAL_AT", "").partition(":")
+        self.at, self.name, self.calls = int(at or 0), name, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), getattr(signal, "SIG" + self.name))
+        return self.net(x)
+'''
+
+
+def same_values(a: Any, b: Any) -> bool:
+    """torch.equal, where NaN equals NaN (a stored fill value of a column that is all missing, ...)."""
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return a.dtype == b.dtype and bool((a == b).all())
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def assert_same_tree(a: object, b: object, where: str = "") -> None:
+    """Nested checkpoint contents are identical: tensors by dtype and value (NaN equal to NaN), everything else by ==."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and same_values(a, b), f"tensor {where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys of {where} differ: {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where} differs in length"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory) -> Path:
+    """The bundled digits as an npz file: the same data as ``--dataset digits``, without importing scikit-learn per run."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, x=(bunch.images / 16.0).astype(np.float32)[:, None], y=bunch.target.astype(np.int64))
+    return path
 
 
 def assert_one_error_line(exit_code: int, stderr: str, output: str, match: str = "") -> str:

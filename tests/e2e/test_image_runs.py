@@ -3,51 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import run_train
+from conftest import assert_same_tree, run_train, signalling_model
 from ignite_app.io import checkpoint as ckpt
 from unit.test_images import make_folder
 
-SIGNAL_MODEL = '''
-import os, signal
-from torch import nn
-
-class SignalCNN(nn.Module):
-    """A small CNN with dropout that sends its own process SIGNAL_AT=K:NAME during training step K."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(8 * 8 * 8, 3))
-        at, _, name = os.environ.get("SIGNAL_AT", "").partition(":")
-        self.at, self.name, self.calls = int(at or 0), name, 0
-
-    def forward(self, x):
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                os.kill(os.getpid(), getattr(signal, "SIG" + self.name))
-        return self.net(x)
-'''
-
-
-def assert_same_tree(got, want, where: str) -> None:
-    """Equal nested checkpoints: tensors by ``torch.equal``, the rest by ``==``."""
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor) and torch.equal(got, want), where
-    elif isinstance(want, dict):
-        assert set(got) == set(want), where
-        for key in want:
-            assert_same_tree(got[key], want[key], f"{where}.{key}")
-    elif isinstance(want, (list, tuple)):
-        assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert_same_tree(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, where
+SIGNAL_MODEL = signalling_model(
+    "SignalCNN", "nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(8 * 8 * 8, 3))")
 
 
 @pytest.mark.parametrize("augment", ["crop,flip", "resized-crop,flip"])

@@ -29,15 +29,9 @@ EPOCH_TWO = 45  # ... of two processes with 16 each
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """The bundled digits as an npz file: the same data as ``--dataset digits``, without importing scikit-learn per run."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, x=(bunch.images / 16.0).astype(np.float32)[:, None], y=bunch.target.astype(np.int64))
-    return path
+def digits(digits_npz) -> Path:
+    """The suite's digits NPZ (conftest), under this module's name for it."""
+    return digits_npz
 
 
 def command(digits: Path, out: Path, epochs: int, *extra: str) -> list[str]:

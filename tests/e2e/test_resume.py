@@ -14,14 +14,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from conftest import (
-    ExecPayload, ShellPayload, flip_tensor_byte, read_scalars, run_train, save_as_if_on_cuda, start_train, wait_for,
-    write_sidecar,
+    ExecPayload, ShellPayload, assert_same_tree, flip_tensor_byte, read_scalars, run_train, save_as_if_on_cuda,
+    signalling_model, start_train, wait_for, write_sidecar,
 )
 from ignite_app.io import checkpoint as ckpt
 
@@ -31,15 +30,9 @@ LAST = EPOCH * EPOCHS
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """The bundled digits as an npz file: the same data as ``--dataset digits``, without importing scikit-learn per run."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, x=(bunch.images / 16.0).astype(np.float32)[:, None], y=bunch.target.astype(np.int64))
-    return path
+def digits(digits_npz) -> Path:
+    """The suite's digits NPZ (conftest), under this module's name for it."""
+    return digits_npz
 
 
 def base_args(digits: Path, out: Path, *extra: str) -> list[str]:
@@ -129,31 +122,6 @@ def epoch_lines(*outputs: str) -> list[tuple[int, str]]:
             for m in re.finditer(r"^epoch\s+(\d+)/\d+\s+(.*?)\s+[\d.]+s$", text, re.M)]
 
 
-def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """torch.equal, where NaN equals NaN (a stored fill value of a column that is all missing, ...)."""
-    if a.shape != b.shape:
-        return False
-    if not a.is_floating_point():
-        return torch.equal(a, b)
-    return bool(((a == b) | (a.isnan() & b.isnan())).all())
-
-
-def assert_same_tree(a: Any, b: Any, where: str = "") -> None:
-    """Nested checkpoint contents are identical: tensors by torch.equal, everything else by ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and same_values(a, b), f"tensor {where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"keys of {where} differ: {sorted(a)} vs {sorted(b)}"
-        for key in a:
-            assert_same_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where} differs in length"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def deterministic_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     """TensorBoard scalars except timing and memory measurements (``perf/``), which no rerun reproduces."""
     return {tag: v for tag, v in read_scalars(run).items() if not tag.startswith("perf/")}
@@ -195,29 +163,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 # --- models written into the test's folder and used as --model resume_models:NAME ---------------
 
-MODELS = '''
-import os
-import signal
-
-from torch import nn
-
-
-class SignalNet(nn.Module):
-    """A small net with dropout that sends its own process SIGNAL_AT=K:NAME during training step K."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))
-        at, _, name = os.environ.get("SIGNAL_AT", "").partition(":")
-        self.at, self.name, self.calls = int(at or 0), name, 0
-
-    def forward(self, x):
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                os.kill(os.getpid(), getattr(signal, "SIG" + self.name))
-        return self.net(x)
-
+MODELS = signalling_model("SignalNet", "nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))") + '''
 
 class NanAfter(nn.Module):
     """A small net whose output turns NaN from training step NAN_AFTER on."""

@@ -6,31 +6,11 @@ import re
 
 import torch
 
-from conftest import run_train
+from conftest import assert_same_tree, run_train, signalling_model
 from ignite_app.io import checkpoint as ckpt
-from test_image_runs import assert_same_tree
 from unit.test_streams import STREAMS
 
-SIGNAL_MLP = '''
-import os, signal
-from torch import nn
-
-class SignalMLP(nn.Module):
-    """A small MLP with dropout that sends its own process SIGNAL_AT=K:NAME during training step K."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
-        at, _, name = os.environ.get("SIGNAL_AT", "").partition(":")
-        self.at, self.name, self.calls = int(at or 0), name, 0
-
-    def forward(self, x):
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                os.kill(os.getpid(), getattr(signal, "SIG" + self.name))
-        return self.net(x)
-'''
+SIGNAL_MLP = signalling_model("SignalMLP", "nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))")
 
 
 def test_sigterm_mid_epoch_then_resume_of_a_stateful_stream_is_exact(tmp_path):
