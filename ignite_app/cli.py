@@ -243,29 +243,12 @@ def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:
     return cfg.replace(output_dir=out)
 
 
-def run_dir_of(resume: Path) -> Path:
-    """The run directory that a --resume path points into."""
-    if not resume.exists():
-        raise UserError(f"--resume {resume}: no such file or directory")
-    if not resume.is_dir():
-        from ignite_app.io.safefile import require_regular
-
-        require_regular(resume, "--resume")  # a FIFO or /dev/zero: refused, not replaced by another checkpoint
-    if resume.is_dir():
-        run_dir = resume
-    elif resume.parent.name == "checkpoints":
-        run_dir = resume.parent.parent
-    else:
-        raise UserError(f"--resume {resume}: a checkpoint file must sit in a run's checkpoints/ folder; pass the run directory")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"--resume {resume}: {run_dir} holds no config.yaml, so it is not a run directory of ignite-app")
-    return run_dir
-
-
 def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any], trusted: bool = False) -> Config:
     from ignite_app.io.trust import require_trusted
 
-    run_dir = run_dir_of(resume)
+    from ignite_app.io.paths import resume_run_dir
+
+    run_dir = resume_run_dir(resume)
     saved = load_yaml(run_dir / "config.yaml")
     saved_cfg = build_config(saved, {})
     asked = {**file_values, **flags}

@@ -65,6 +65,25 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
     return run_dir, path
 
 
+def resume_run_dir(resume: Path) -> Path:
+    """The run directory that a ``--resume`` path (a run directory or a checkpoint in its checkpoints/ folder) points into."""
+    if not resume.exists():
+        raise UserError(f"--resume {resume}: no such file or directory")
+    if resume.is_dir():
+        run_dir = resume
+    else:
+        from ignite_app.io.checkpoint import CHECKPOINT_DIR
+        from ignite_app.io.safefile import require_regular
+
+        require_regular(resume, "--resume")  # a FIFO or /dev/zero: refused, not replaced by another checkpoint
+        if resume.parent.name != CHECKPOINT_DIR:
+            raise UserError(f"--resume {resume}: a checkpoint file must sit in a run's {CHECKPOINT_DIR}/ folder; pass the run directory")
+        run_dir = resume.parent.parent
+    if not is_run_dir(run_dir):
+        raise UserError(f"--resume {resume}: {run_dir} holds no {CONFIG_FILE}, so it is not a run directory of ignite-app")
+    return run_dir
+
+
 def output_file(path: Path, flag: str, suffixes: tuple[str, ...]) -> str:
     """Check an output path before any work is done; returns its suffix (``.csv``, ``.png``, ...)."""
     suffix = path.suffix.lower()

@@ -8,9 +8,7 @@ pass-through. Starting the processes is :mod:`ignite_app.train.launch`.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
