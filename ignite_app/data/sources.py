@@ -220,23 +220,27 @@ def _synthetic_regression(n: int = 2000, features: int = 16) -> tuple[np.ndarray
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    arrays = read_npz(path, ("x", "y"), "npz:", "save inputs as x and targets as y")
+    check_npz_pair(arrays["x"], arrays["y"], path)
+    return arrays["x"], arrays["y"]
+
+
+def read_npz(path: Path, names: tuple[str, ...], where: str, fix: str) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of a whole NPZ file, never unpickled; ``where`` is the option that named the file
+    (``npz:``, ``--input``) and ``fix`` what to do when an array is missing, for the one-line errors."""
     if not path.is_file():
-        raise UserError(f"NPZ file {str(path)!r} does not exist; check the path after npz:")
+        raise UserError(f"NPZ file {str(path)!r} does not exist; check the path after {where}")
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in ("x", "y") if k not in arrays.files]
+            missing = [k for k in names if k not in arrays.files]
             if missing:
-                raise UserError(
-                    f"NPZ file {str(path)!r} has no array named {missing[0]!r} (it has: {', '.join(arrays.files) or 'none'}); "
-                    "save inputs as x and targets as y"
-                )
-            x, y = arrays["x"], arrays["y"]
+                raise UserError(f"NPZ file {str(path)!r} has no array named {missing[0]!r} "
+                                f"(it has: {', '.join(arrays.files) or 'none'}); {fix}")
+            return {name: arrays[name] for name in names}
     except UserError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError for object arrays, ...
         raise UserError(f"NPZ file {str(path)!r} cannot be read ({exc}); write it with numpy.savez") from None
-    check_npz_pair(x, y, path)
-    return x, y
 
 
 def check_npz_pair(x: np.ndarray, y: np.ndarray, path: Path) -> None:

@@ -23,7 +23,7 @@ from ignite_app.config import Config
 from ignite_app.data.images import IMAGE_SUFFIXES, read_images
 from ignite_app.data.preprocess import Preprocessor, feature_rows, rows_from_arrays
 from ignite_app.data.select import load_splits  # issue 13: image folders too
-from ignite_app.data.sources import ArrayDataset, DataSpec, Splits
+from ignite_app.data.sources import ArrayDataset, DataSpec, Splits, read_npz
 from ignite_app.data.tabular import read_table
 from ignite_app.train.devices import resolve_device
 from ignite_app.train.build import build_evaluation
@@ -233,17 +233,7 @@ def _csv_features(path: Path, trained: Trained, target: str | None, features: in
 
 
 def _npz_features(path: Path, features: int) -> np.ndarray:
-    if not path.is_file():
-        raise UserError(f"NPZ file {str(path)!r} does not exist; check the path after --input")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if "x" not in arrays.files:
-                raise UserError(f"--input {path} has no array named 'x' (it has: {', '.join(arrays.files) or 'none'}); save the inputs as x")
-            x = arrays["x"]
-    except UserError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError for object arrays, ...
-        raise UserError(f"--input {path} cannot be read as NPZ ({type(exc).__name__}: {exc}); write it with numpy.savez") from None
+    x = read_npz(path, ("x",), "--input", "save the inputs as x")["x"]
     if not np.issubdtype(x.dtype, np.number) or x.ndim == 0:
         raise UserError(f"--input {path}: x must be a numeric array with one row per sample")
     if math.prod(x.shape[1:]) != features:
