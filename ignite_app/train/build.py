@@ -340,7 +340,9 @@ def attach_checkpointers(run: Run) -> None:
     Every piece of state that a resume needs is listed in ``run.to_save`` here, and nowhere else.
     """
     # Written on a worker thread: an epoch does not wait for the fsyncs (20 ms and more per file on some disks).
-    saver = ckpt.BackgroundSaver(ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer))
+    # Saves at one training step (best model, training checkpoint) share their snapshot of the weights.
+    saver = ckpt.BackgroundSaver(ckpt.AtomicSaver(run.run_dir / ckpt.CHECKPOINT_DIR, write=run.is_writer),
+                                 clock=lambda: run.trainer.state.iteration)
     spec = run.splits.spec
     meta = Meta({"model_class": type(run.raw_model).__name__, "task": spec.task, "num_outputs": spec.num_outputs,
                  "input_shape": list(spec.input_shape), "world_size": idist.get_world_size(),
