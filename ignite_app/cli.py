@@ -244,9 +244,8 @@ def claim_output_dir(cfg: Config, held: ExitStack | None = None) -> Config:
 
 
 def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, Any], trusted: bool = False) -> Config:
-    from ignite_app.io.trust import require_trusted
-
     from ignite_app.io.paths import resume_run_dir
+    from ignite_app.io.trust import require_trusted
 
     run_dir = resume_run_dir(resume)
     saved = load_yaml(run_dir / "config.yaml")

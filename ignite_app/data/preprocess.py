@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ignite_app.data.checks import all_finite
 from ignite_app.data.tabular import Table, target_columns
 from ignite_app.errors import UserError
-from ignite_app.data.checks import all_finite
 
 MAX_CLASSES = 1000
 MAX_CATEGORIES = 100  # more distinct words than this in a text column: an identifier or free text, not a category
@@ -180,15 +180,14 @@ class Preprocessor:
 
     def inputs(self, rows: RawRows, name: str) -> torch.Tensor:
         """The model inputs for ``rows``: numeric step, then the one-hot columns (tables); ``name`` says where they are from."""
-        x = self._numeric_inputs(torch.as_tensor(rows.numeric, dtype=torch.float32))
-        if not all_finite(x):
-            raise UserError(f"{name} has NaN or infinite inputs; clean the data")
+        x = self._numeric_inputs(torch.as_tensor(rows.numeric, dtype=torch.float32), name)
         if self.kind == "table":
             x = torch.cat([x.reshape(len(rows), -1)] + [self._one_hot(rows.text[:, j], j) for j in range(len(self.text_names))], dim=1)
         return x.contiguous()
 
-    def _numeric_inputs(self, raw: torch.Tensor) -> torch.Tensor:
-        """What :attr:`numeric_step` gives for ``raw``, bit for bit, in fewer passes over the data.
+    def _numeric_inputs(self, raw: torch.Tensor, name: str) -> torch.Tensor:
+        """What :attr:`numeric_step` gives for ``raw``, bit for bit, in fewer passes over the data; a value
+        still NaN or infinite after the fill is refused (``name`` says where the rows are from).
 
         The module fills NaN before it shifts and scales (it sits in exported models); here the shift
         and scale come first and the fill only where the result is not finite, so rows without
@@ -200,10 +199,13 @@ class Preprocessor:
         shift, scale, fill = self.shift.float(), self.scale.float(), self.fill.float()  # as NumericStep's buffers
         with torch.no_grad():
             x = torch.sub(raw, shift).div_(scale)
-            if not all_finite(x):
-                missing = torch.isnan(raw)
-                if missing.any():
-                    x = torch.where(missing, (fill - shift) / scale, x)
+            if all_finite(x):
+                return x
+            missing = torch.isnan(raw)
+            if missing.any():
+                x = torch.where(missing, (fill - shift) / scale, x)
+        if not all_finite(x):
+            raise UserError(f"{name} has NaN or infinite inputs; clean the data")
         return x
 
     def _one_hot(self, words: np.ndarray, column: int) -> torch.Tensor:

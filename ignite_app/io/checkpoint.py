@@ -26,10 +26,10 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
+from ignite_app.data.checks import all_finite
 from ignite_app.errors import NonFiniteLossError, UserError, first_line
 from ignite_app.io.atomic import atomic_write, atomic_write_bytes, fsync_dir, remove_stale_temporaries, sha256_file
 from ignite_app.io.safefile import file_kind, read_bounded
-from ignite_app.data.checks import all_finite
 
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_PATTERN = "checkpoint_{global_step}.{ext}"

@@ -14,19 +14,25 @@ time on the 2-core CPU).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 _Key = tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype, torch.device]
 
 
+class _Entry(NamedTuple):
+    source: torch.Tensor  # kept alive, so its memory (part of the key) cannot be reused meanwhile
+    version: int
+    generation: Any
+    copy: torch.Tensor
+
+
 class Snapshots:
     """A cache of CPU copies of checkpoint tensors; :meth:`take` copies a whole (nested) checkpoint."""
 
     def __init__(self) -> None:
-        # key -> (source, version, generation, copy)
-        self._copies: dict[_Key, tuple[torch.Tensor, int, Any, torch.Tensor]] = {}
+        self._copies: dict[_Key, _Entry] = {}
         self._spare: dict[_Key, torch.Tensor] = {}  # copies no snapshot uses any more, by their source's key
 
     def take(self, value: Any, generation: Any = None) -> Any:
@@ -36,7 +42,7 @@ class Snapshots:
         """
         generation = object() if generation is None else generation
         copied = self._take(value, generation)
-        if any(entry[0].is_cuda for entry in self._copies.values()):
+        if any(entry.source.is_cuda for entry in self._copies.values()):
             torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
         return copied
 
@@ -50,12 +56,12 @@ class Snapshots:
 
     def cached_bytes(self) -> int:
         """Bytes held by the copies in the cache."""
-        return sum(_nbytes(entry[3]) for entry in self._copies.values())
+        return sum(_nbytes(entry.copy) for entry in self._copies.values())
 
     def clear(self, keep_buffers: bool = True) -> None:
         """Forget every copy; with ``keep_buffers`` they are overwritten by the next snapshot, so no snapshot
         taken before may be in use any more."""
-        self._spare = {key: entry[3] for key, entry in self._copies.items()} if keep_buffers else {}
+        self._spare = {key: entry.copy for key, entry in self._copies.items()} if keep_buffers else {}
         self._copies = {}
 
     def _take(self, value: Any, generation: Any) -> Any:
@@ -81,15 +87,14 @@ class Snapshots:
         if target is None:                                              # still be in flight, so never overwrite it
             target = torch.empty_like(source, device="cpu", pin_memory=source.is_cuda)
         target.copy_(source, non_blocking=source.is_cuda)
-        # The source is kept alive with its copy, so its memory (part of the key) cannot be reused meanwhile.
-        self._copies[key] = (source, source._version, generation, target)
+        self._copies[key] = _Entry(source, source._version, generation, target)
         return target
 
     def _current(self, tensor: torch.Tensor, generation: Any) -> torch.Tensor | None:
         entry = self._copies.get(_key(tensor))
-        if entry is None or generation is None or entry[2] != generation or entry[1] != tensor._version:
+        if entry is None or generation is None or entry.generation != generation or entry.version != tensor._version:
             return None
-        return entry[3]
+        return entry.copy
 
 
 def _key(tensor: torch.Tensor) -> _Key:
