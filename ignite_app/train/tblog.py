@@ -14,8 +14,11 @@ from ignite.handlers import global_step_from_engine
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, OutputHandler, TensorboardLogger
 
 from ignite_app.config import Config
-from ignite_app.io.events import event_write_error, write_hparams, write_synchronously
+from ignite_app.io.events import ScalarBuffer, event_write_error, write_hparams, write_synchronously
 from ignite_app.io.paths import HPARAMS_DIR
+
+
+FLUSH_SECS = 30  # how stale a live viewer's curves may be
 
 
 def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> TensorboardLogger:
@@ -23,8 +26,9 @@ def open_tensorboard(run_dir: Path, purge_step: int | None = None) -> Tensorboar
     # tensorboardX names event files by the second and opens them with "wb": a resume within the same
     # second would overwrite the earlier file. A nanosecond suffix keeps names unique and in creation order.
     suffix = f".{time.time_ns()}"
-    tb = TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
+    tb = TensorboardLogger(log_dir=str(run_dir), purge_step=purge_step, flush_secs=FLUSH_SECS, filename_suffix=suffix)
     write_synchronously(tb.writer)  # every event on disk before a checkpoint; a dead disk is an error, not a hang
+    tb.writer = ScalarBuffer(tb.writer, FLUSH_SECS)  # issue 16: the scalars wait for the next flush, off the training steps
     return tb
 
 
