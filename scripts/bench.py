@@ -24,6 +24,7 @@ number of epochs, in rotating order, several times.
     python scripts/bench.py --whole-run                       # start-up included, default CNN on digits
     python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
     python scripts/bench.py --validation --epochs 30          # one validation pass: evaluator against raw no_grad
+    python scripts/bench.py --logging-cost --epochs 100       # the in-memory path with and without its step logging
     python scripts/bench.py --distributed --whole-epochs 10   # 1 process against torchrun's 2 on the CPU, and plain DDP
     python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
@@ -208,7 +209,7 @@ class _FirstBatch:
 class Pipeline:
     """ignite_app's training run, built and opened exactly as ``train`` does, driven one epoch at a time."""
 
-    def __init__(self, work: Workload, device: Any, in_memory: bool, out_dir: Path) -> None:
+    def __init__(self, work: Workload, device: Any, in_memory: bool, out_dir: Path, **overrides: Any) -> None:
         from ignite.engine import Events
 
         from ignite_app.config import Config
@@ -223,7 +224,7 @@ class Pipeline:
             cuda_graph=work.cuda_graph or None,  # None: ignite_app's default (graphs on one CUDA process)
             in_memory=in_memory, output_dir=str(out_dir), progress=True,
             patience=work.epochs + 1,  # on and checked every epoch, but never ends the measurement early
-        )
+        ).replace(**overrides)
         echo = lambda line: print(line, file=self.null)  # noqa: E731  # the epoch lines, printed as usual
         with redirect_stderr(self.null):
             self.run = build_run(cfg, device, echo)
@@ -611,6 +612,51 @@ def validation_run(args: argparse.Namespace) -> None:
     print_table(["pass", "wall s", "time x raw", "CPU s", "CPU x raw"], rows)
 
 
+LOGGING_VARIANTS = {
+    "floor": "eager floor",
+    "memory": "ignite_app, in-memory path, as built",
+    "unbuffered": "in-memory path, scalars written at each call",
+    "quiet": "in-memory path, --log-every 1000000, no bar",
+}
+
+
+def logging_cost_run(args: argparse.Namespace) -> None:
+    """``--logging-cost``: what the per-iteration logging costs the in-memory path, against the eager floor.
+
+    Three builds of the same run, interleaved with the floor in one process: as built; with the
+    TensorBoard writer underneath ``ScalarBuffer`` (every ``add_scalar`` written at its call, as before
+    issue 16's buffer); and with the training scalars and the progress bar never due (their
+    every-N filters still run). ``docs/speed.md`` explains why their costs do not add up.
+    """
+    import torch
+
+    from ignite_app.fastimport import import_ignite
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    import_ignite()
+    with tempfile.TemporaryDirectory(prefix="bench-logging-") as tmp:
+        work = workload(args, write_data(args.data, args.repeat, args.samples, Path(tmp)), epochs=args.warmup + args.epochs)
+        variants: dict[str, Plain | Floor | Pipeline] = {
+            "floor": Floor(work, device),
+            "memory": Pipeline(work, device, True, Path(tmp) / "memory"),
+            "unbuffered": Pipeline(work, device, True, Path(tmp) / "unbuffered"),
+            "quiet": Pipeline(work, device, True, Path(tmp) / "quiet", log_every=1_000_000, progress=False),
+        }
+        unbuffered = variants["unbuffered"].run.tb_logger  # type: ignore[union-attr]
+        unbuffered.writer = unbuffered.writer.unbuffered
+        timings = interleave(variants, args.warmup, args.epochs, device)
+        for variant in variants.values():
+            variant.close()
+    print(f"\n{describe_machine(args)}")
+    print(f"workload: {args.model} on {describe_data(args)}, batch {args.batch_size}, --log-every 10 unless said; "
+          f"{args.warmup} warm-up + {args.epochs} measured epochs per variant, interleaved\n")
+    rows = [[LOGGING_VARIANTS[name], spread(timings.cpu[name]), spread(paired_ratios(timings.cpu, name, "floor")),
+             interval(paired_ratios(timings.cpu, name, "floor"))] for name in variants]
+    print_table(["variant", "CPU s/epoch", "CPU x floor", "CPU x floor: median [95% interval]"], rows)
+
+
 # ---------------------------------------------------------------- big checkpoints
 
 
@@ -887,6 +933,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "processes on the CPU, ignite_app and the plain loop (DDP), whole runs at global batch 64")
     p.add_argument("--validation", action="store_true", help="time one validation pass of ignite_app's evaluator against "
                    "the raw no_grad pass instead (--epochs passes each)")
+    p.add_argument("--logging-cost", action="store_true", help="the in-memory path as built, with TensorBoard scalars "
+                   "written at each call, and with no training scalars or progress bar, against the eager floor")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--probe-big", choices=("fused", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -924,6 +972,8 @@ def main(argv: list[str] | None = None) -> None:
         return distributed_run(args)
     if args.validation:
         return validation_run(args)
+    if args.logging_cost:
+        return logging_cost_run(args)
     import torch
 
     from ignite_app.train.devices import resolve_device

@@ -99,6 +99,11 @@ class ScalarBuffer:
         self._pending: list[tuple[str, Any, Any, float, dict[str, Any]]] = []
         self._due = time.monotonic() + flush_secs
 
+    @property
+    def unbuffered(self) -> Any:
+        """The ``SummaryWriter`` underneath (``scripts/bench.py --logging-cost`` times a run that writes to it)."""
+        return self._writer
+
     def add_scalar(self, tag: str, scalar_value: Any, global_step: Any = None, walltime: float | None = None,
                    **kwargs: Any) -> None:
         """Keep the call; write the pending ones when they are due."""

@@ -355,6 +355,16 @@ def test_bench_validation_times_the_evaluator_against_the_raw_pass():
     assert rows[1][2] == "1.000 (1.000-1.000)"
 
 
+@pytest.mark.e2e  # a real process
+def test_bench_logging_cost_times_three_builds_of_the_run_against_the_floor():
+    rows = table(bench("--logging-cost", "--repeat", "1", "--warmup", "0", "--epochs", "2"))
+    assert rows[0] == ["variant", "CPU s/epoch", "CPU x floor", "CPU x floor: median [95% interval]"]
+    assert [r[0] for r in rows[1:]] == ["eager floor", "ignite_app, in-memory path, as built",
+                                        "in-memory path, scalars written at each call", "in-memory path, --log-every 1000000, no bar"]
+    assert rows[1][2] == "1.000 (1.000-1.000)" and rows[1][3] == "1.000 [1.000-1.000]"
+    assert all(float(r[1].split()[0]) > 0 for r in rows[1:])
+
+
 def test_the_bootstrap_interval_holds_the_median_and_narrows_with_more_rounds(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import random
