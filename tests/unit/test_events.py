@@ -131,9 +131,9 @@ def test_pending_scalars_are_written_when_due_or_too_many(tmp_path, monkeypatch)
         buffer.add_scalar("x", 0.0, step)
     assert written == [1, 2, 3, 4, 5, 6]  # two batches of three; the seventh waits
     due = _buffered(tmp_path / "due", flush_secs=0.0)
-    monkeypatch.setattr(due._writer, "add_scalar", lambda tag, value, step, walltime: written.append(-step))
-    due.add_scalar("x", 0.0, 1)
-    assert written[-1] == -1  # flush_secs passed: written at once
+    due.add_scalar("x", 0.5, 1)  # flush_secs passed: written and flushed at once, readable while the writer is open
+    assert read_scalars(tmp_path / "due")["x"] == [(1, 0.5)]
+    due.close()
 
 
 def test_a_failed_write_of_pending_scalars_is_the_one_error_at_the_flush(tmp_path, monkeypatch):
