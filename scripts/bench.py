@@ -25,6 +25,7 @@ number of epochs, in rotating order, several times.
     python scripts/bench.py --inference                       # whole predict/evaluate processes on 100k rows
     python scripts/bench.py --validation --epochs 30          # one validation pass: evaluator against raw no_grad
     python scripts/bench.py --logging-cost --epochs 100       # the in-memory path with and without its step logging
+    python scripts/bench.py --overhead --epochs 40            # the in-memory path against the floor, part by part
     python scripts/bench.py --distributed --whole-epochs 10   # 1 process against torchrun's 2 on the CPU, and plain DDP
     python scripts/bench.py --big-checkpoint --repeat 1 --epochs 3 --reps 2   # 17M parameters: checkpoint stall, RSS
     python scripts/bench.py --device cuda --model cnn --amp bf16 --channels-last
@@ -657,6 +658,118 @@ def logging_cost_run(args: argparse.Namespace) -> None:
     print_table(["variant", "CPU s/epoch", "CPU x floor", "CPU x floor: median [95% interval]"], rows)
 
 
+OVERHEAD_PARTS = {
+    "floor_steps": "eager floor: training steps",
+    "ignite_steps": "Ignite's training step as built, the floor's batches",
+    "floor_val": "eager floor: validation pass",
+    "ignite_val": "ignite_app: validation (evaluator)",
+    "engine": "ignite_app: engine, loader, handlers (trivial step, no validation)",
+}
+
+
+def overhead_run(args: argparse.Namespace) -> None:
+    """``--overhead``: where the in-memory path's epoch differs from the eager floor's, part by part.
+
+    Interleaved in one process, CPU time per epoch: the floor's training steps against Ignite's
+    ``supervised_training_step`` as ``build_trainer`` makes it, called directly on the same pre-sliced
+    batches (no engine); the floor's validation pass against the run's evaluator; and one epoch of a
+    built run whose step is replaced by a constant loss, less its validation (Ignite's engine, the
+    in-memory loader and every handler: loss tracking, bar, TensorBoard, checkpoint, early stopping).
+    The whole floor and the whole in-memory path run in the same rounds, so the sum of the parts can
+    be compared with the measured whole (their difference is what the parts do to each other: caches).
+    """
+    import torch
+    from plain_loop import validate
+
+    from ignite_app.fastimport import import_ignite
+    from ignite_app.train.devices import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    import_ignite()
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = workload(args, write_data(args.data, args.repeat, args.samples, Path(tmp)), epochs=args.warmup + args.epochs)
+        floor, whole = Floor(work, device), Pipeline(work, device, True, Path(tmp) / "whole")
+        parts = Pipeline(work, device, True, Path(tmp) / "parts")
+        update = parts.run.trainer._process_function
+        constant = torch.zeros((), device=device)
+        parts.run.trainer._process_function = lambda engine, batch: constant  # Ignite's engine calls it per batch
+        val_cpu: list[float] = []
+        evaluate = parts.run.evaluator.run
+
+        def timed_evaluate(*a: Any, **k: Any) -> Any:
+            start = time.process_time()
+            try:
+                return evaluate(*a, **k)
+            finally:
+                val_cpu.append(time.process_time() - start)
+
+        parts.run.evaluator.run = timed_evaluate  # type: ignore[method-assign]
+        floor_steps, ignite_steps = step_runners(floor, update)
+        runs: dict[str, Callable[[], None]] = {
+            "floor_steps": floor_steps, "ignite_steps": ignite_steps,
+            "floor_val": lambda: validate(floor.model, floor.loss_fn, floor.val_batches, device),
+            "ignite_val": lambda: evaluate(parts.run.val_loader), "engine": parts.epoch,
+            "floor": floor.epoch, "memory": whole.epoch,
+        }
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
+        for round_ in range(args.warmup + args.epochs):
+            names = list(runs)
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                done = len(val_cpu)
+                seconds = timed(runs[name], device)[1]
+                if round_ >= args.warmup:
+                    cpu[name].append(seconds - sum(val_cpu[done:]))  # the engine part without its validation
+        for variant in (whole, parts):
+            variant.close()
+    report_overhead(args, cpu)
+
+
+def step_runners(floor: Floor, update: Callable[[Any, Any], Any]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One pass of training steps over the floor's pre-sliced batches: the floor's own step, and Ignite's ``update``."""
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(state=SimpleNamespace(iteration=0))  # all that Ignite's step reads of its engine
+
+    def ignite_steps() -> None:
+        for batch in floor.train_batches:
+            engine.state.iteration += 1
+            update(engine, batch)
+
+    def floor_steps() -> None:
+        floor.model.train()
+        for x, y in floor.train_batches:
+            floor.optimizer.zero_grad()
+            floor.loss_fn(floor.model(x), y).backward()
+            floor.optimizer.step()
+
+    return floor_steps, ignite_steps
+
+
+def report_overhead(args: argparse.Namespace, cpu: dict[str, list[float]]) -> None:
+    """The table of parts, each as a share of the floor's epoch, and their sum against the measured whole."""
+    floor_epoch = statistics.median(cpu["floor"])
+    paired = {"ignite_steps": "floor_steps", "ignite_val": "floor_val"}  # compared round by round with the floor's part
+    added = {name: statistics.median([a - b for a, b in zip(cpu[name], cpu[base])]) for name, base in paired.items()}
+    added["engine"] = statistics.median(cpu["engine"])
+    print(f"\n{describe_machine(args)}")
+    print(f"workload: {args.model} on {describe_data(args)}, batch {args.batch_size}; {args.warmup} warm-up + "
+          f"{args.epochs} measured rounds, every part in every round, rotating order\n")
+    rows = []
+    for name, label in OVERHEAD_PARTS.items():
+        adds = [f"{1000 * added[name]:+.2f}", f"{100 * added[name] / floor_epoch:+.1f}"] if name in added else ["", ""]
+        rows.append([label, spread([1000 * v for v in cpu[name]], 2)] + adds)
+    whole = paired_ratios(cpu, "memory", "floor")
+    rows.append(["sum of the parts", "", f"{1000 * sum(added.values()):+.2f}", f"{100 * sum(added.values()) / floor_epoch:+.1f}"])
+    rows.append(["measured: the whole in-memory path against the whole floor", "", "",
+                 f"{100 * (statistics.median(whole) - 1):+.1f}"])
+    print_table(["part", "CPU ms/epoch", "adds ms/epoch", "adds % of the floor's epoch"], rows)
+    print(f"\nmedian (min-max). The floor's epoch: {1000 * floor_epoch:.1f} ms CPU. An ignite_app part adds the median of its "
+          "per-round difference from the floor's part above it; the engine part has no counterpart (the floor iterates a "
+          f"list). The measured whole: median per-round ratio {interval(whole)} (95% bootstrap interval); what it adds "
+          "beyond the sum of the parts is what they do to each other (caches, allocator).")
+
+
 # ---------------------------------------------------------------- big checkpoints
 
 
@@ -935,6 +1048,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the raw no_grad pass instead (--epochs passes each)")
     p.add_argument("--logging-cost", action="store_true", help="the in-memory path as built, with TensorBoard scalars "
                    "written at each call, and with no training scalars or progress bar, against the eager floor")
+    p.add_argument("--overhead", action="store_true", help="the in-memory path's epoch against the eager floor's, part "
+                   "by part: Ignite's step, validation, and the engine with its handlers around a trivial step")
     p.add_argument("--probe", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--probe-big", choices=("fused", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -974,6 +1089,8 @@ def main(argv: list[str] | None = None) -> None:
         return validation_run(args)
     if args.logging_cost:
         return logging_cost_run(args)
+    if args.overhead:
+        return overhead_run(args)
     import torch
 
     from ignite_app.train.devices import resolve_device

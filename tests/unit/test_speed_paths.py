@@ -380,3 +380,40 @@ def test_the_bootstrap_interval_holds_the_median_and_narrows_with_more_rounds(mo
         widths.append(high - low)
     assert widths[1] < widths[0] / 3  # ~1/sqrt(44) of the width: far narrower with 400 rounds
     assert 1.05 < low and high < 1.15  # and around the true median, 1.1
+
+
+def test_bench_overhead_times_ignite_step_on_the_floors_batches_doing_the_floors_work(monkeypatch, tmp_path, torch_threads):
+    """--overhead compares like with like: Ignite's step as built takes exactly the floor's steps (same weights after)."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import bench
+
+    args = bench.parse_args(["--repeat", "1"])
+    work = bench.workload(args, bench.write_data("digits", 1, args.samples, tmp_path), epochs=2)
+    floor, pipe = bench.Floor(work, CPU), bench.Pipeline(work, CPU, True, tmp_path / "run")
+    try:
+        before = [t.clone() for t in pipe.run.raw_model.state_dict().values()]
+        assert all(torch.equal(a, b) for a, b in zip(floor.model.state_dict().values(), before))
+        floor_steps, ignite_steps = bench.step_runners(floor, pipe.run.trainer._process_function)
+        for run in (floor_steps, ignite_steps):
+            torch.manual_seed(7)  # the same dropout masks
+            run()
+        after = pipe.run.raw_model.state_dict()
+        assert not all(torch.equal(a, b) for a, b in zip(after.values(), before))  # it trained
+        for (name, a), b in zip(floor.model.state_dict().items(), after.values()):
+            assert torch.equal(a, b), name
+    finally:
+        pipe.close()
+
+
+@pytest.mark.e2e  # a real process
+def test_bench_overhead_prints_each_part_and_their_sum_against_the_whole():
+    rows = table(bench("--overhead", "--repeat", "1", "--warmup", "0", "--epochs", "2"))
+    assert rows[0] == ["part", "CPU ms/epoch", "adds ms/epoch", "adds % of the floor's epoch"]
+    assert [r[0] for r in rows[1:]] == [
+        "eager floor: training steps", "Ignite's training step as built, the floor's batches", "eager floor: validation pass",
+        "ignite_app: validation (evaluator)", "ignite_app: engine, loader, handlers (trivial step, no validation)",
+        "sum of the parts", "measured: the whole in-memory path against the whole floor"]
+    adds = {r[0]: float(r[2]) for r in rows[1:] if r[2]}
+    assert len(adds) == 4  # three ignite_app parts and their sum
+    assert abs(sum(v for k, v in adds.items() if k != "sum of the parts") - adds["sum of the parts"]) < 0.02
+    assert all(float(r[1].split()[0]) > 0 for r in rows[1:6])
