@@ -437,6 +437,8 @@ def handle_missing(rows: RawRows, na: str, name: str, notes: list[str], line: An
         if lost.any():
             if na == "error":
                 raise UserError(f"dataset {name!r}: row {line(int(np.argmax(lost)))} has no target value; fill it, or pass --na drop")
+            if lost.all():  # e.g. a trailing comma on every line: an empty, unnamed last column taken as the target
+                raise UserError(f"dataset {name!r} has no target value in any row; choose the target column with --target")
             notes.append(f"dropped {int(lost.sum())} row(s) of {name} without a target value")
             rows = rows.take(np.flatnonzero(~lost))
     gaps = missing_features(rows)

@@ -110,15 +110,21 @@ def _read_cells(path: Path, source: str, encoding: str | None) -> tuple[pd.DataF
             codecs.lookup(encoding)
         except LookupError:
             raise UserError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8, latin-1 or cp1252") from None
+        try:
+            "a".encode(encoding)
+        except LookupError:  # a bytes or text transform (hex, rot13, ...), not a text encoding
+            raise UserError(f"--encoding {encoding!r} is not a text encoding; use one such as utf-8, latin-1 or cp1252") from None
     for enc in [encoding] if encoding else ["utf-8-sig", "latin-1"]:
         try:
             # The python engine, unlike the C one, leaves the cells of a short row NaN instead of "": a broken row is found.
             frame = pd.read_csv(path, header=None, dtype=str, encoding=enc, keep_default_na=False, na_filter=False,
                                 skip_blank_lines=True, compression="infer", sep=",", engine="python")
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:  # UnicodeDecodeError, or a codec's own check (UTF-16 without its BOM)
             if encoding:
-                raise UserError(f"CSV file {str(path)!r} is not valid {encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} "
-                                f"at position {exc.start}); pass the file's encoding with --encoding") from None
+                where = (f"byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start}"
+                         if isinstance(exc, UnicodeDecodeError) else str(exc))
+                raise UserError(f"CSV file {str(path)!r} is not valid {encoding} text ({where}); "
+                                "pass the file's encoding with --encoding") from None
             continue
         except pd.errors.EmptyDataError:
             raise UserError(f"CSV file {str(path)!r} is empty; it needs rows of numbers") from None
