@@ -374,11 +374,30 @@ def _by_position(table: Table, pre: Preprocessor, target: str | None, where: str
     if width == features:
         by_name = dict(zip(order, table.columns))
     elif width == len(pre.columns):
-        by_name = dict(zip(pre.columns, table.columns))
+        picked = _target_positions(target, table)
+        if picked is None:  # the training file's layout: the target where it was in training
+            by_name = dict(zip(pre.columns, table.columns))
+        else:  # --target says where this file's target is; the other columns are the features, in training order
+            rest = [c for i, c in enumerate(table.columns) if i not in picked]
+            if len(rest) != features:
+                raise UserError(f"{where}: --target {target!r} leaves {len(rest)} columns, but the model takes {features} "
+                                "feature columns; name as many target columns as in training")
+            by_name = dict(zip(order, rest))
     else:
         raise UserError(f"{where} has {width} columns, but the model takes {features} feature columns "
                         f"({len(pre.columns)} with the target); give the feature columns used in training")
     return [by_name[n] for n in pre.numeric_names + pre.text_names]
+
+
+def _target_positions(target: str | None, table: Table) -> list[int] | None:
+    """Where ``target`` puts the target columns of ``table``, or None when it does not resolve there (a training
+    column name in a file without a header: the run's own --target, which describes the training file)."""
+    if target is None:
+        return None
+    try:
+        return target_columns(target, table)
+    except UserError:
+        return None
 
 
 def _as_numbers(column: Any, where: str) -> np.ndarray:

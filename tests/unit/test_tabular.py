@@ -429,3 +429,22 @@ def test_stratified_split_picks_the_rows_the_row_by_row_definition_picks(seed):
             expected.append(row)
     assert val_rows.tolist() == expected
     assert train_rows.tolist() == [row for row in order if row not in set(expected)]
+
+
+def test_target_given_for_a_headerless_file_picks_that_column_and_keeps_the_others_as_features(tmp_path):
+    """predict/evaluate --target N on a file without a header: column N is the target, wherever training had it."""
+    from ignite_app.data.preprocess import feature_rows
+    from ignite_app.data.tabular import read_table
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)) * [1, 10, 100], rng.integers(0, 2, 60)
+    pd.DataFrame(np.column_stack([x, y])).to_csv(tmp_path / "train.csv", index=False, header=False)
+    pre = load_splits(Config(dataset=f"csv:{tmp_path / 'train.csv'}")).preprocess
+    pd.DataFrame(np.column_stack([y, x])).to_csv(tmp_path / "first.csv", index=False, header=False)
+    expected = feature_rows(read_table(tmp_path / "train.csv", "--input", None), pre, None, "--input").numeric
+    assert np.array_equal(expected, x)
+    first = read_table(tmp_path / "first.csv", "--input", None)
+    assert np.array_equal(feature_rows(first, pre, "0", "--input").numeric, x)
+    assert np.array_equal(feature_rows(first, pre, "-4", "--input").numeric, x)
+    with pytest.raises(UserError, match=r"--target '0,1' leaves 2 columns, but the model takes 3 feature columns"):
+        feature_rows(first, pre, "0,1", "--input")
