@@ -15,6 +15,7 @@ from pathlib import Path
 from ignite_app.config import Config, build_config, changed_fixed_key
 from ignite_app.errors import UserError
 from ignite_app.io.atomic import TMP_SUFFIX, remove_stale_temporaries
+from ignite_app.io.lock import LOCK_FILE
 from ignite_app.io.paths import is_run_dir, run_config
 from ignite_app.train.distributed import from_rank_zero, in_process_group
 
@@ -27,7 +28,8 @@ def auto_resume_dir(asked: Config) -> str | None:
         raise UserError("--resume auto needs --output-dir: the directory where every attempt finds the run; add --output-dir DIR")
     out = Path(asked.output_dir)
     if out.is_dir() and interrupted_start(out):
-        remove_stale_temporaries(out)  # nothing of the run was written yet: start it
+        remove_stale_temporaries(out)  # nothing of the run was written yet: start it (a live holder of the lock
+        return None                    # refuses the start when the directory is claimed)
     if not out.is_dir() or not any(out.iterdir()):
         return None  # a new run; a path that is a file is refused when the directory is claimed
     if not is_run_dir(out):
@@ -40,9 +42,12 @@ def auto_resume_dir(asked: Config) -> str | None:
 
 
 def interrupted_start(out: Path) -> bool:
-    """Whether ``out`` holds only the temporary config.yaml of a first attempt killed while writing it."""
+    """Whether ``out`` holds only what a first attempt stopped before config.yaml leaves: the run-directory lock
+    (taken before the data loads, which can take minutes) and a temporary config.yaml being written."""
     entries = list(out.iterdir())
-    return bool(entries) and all(p.name.startswith(".config.yaml.") and p.name.endswith(TMP_SUFFIX) for p in entries)
+    return bool(entries) and all(
+        (p.name == LOCK_FILE and p.is_file()) or (p.name.startswith(".config.yaml.") and p.name.endswith(TMP_SUFFIX))
+        for p in entries)
 
 
 def check_same_run(run_dir: Path, asked: Config) -> None:

@@ -41,6 +41,20 @@ def test_a_first_attempt_killed_while_writing_config_yaml_starts_again(tmp_path)
     assert list(out.iterdir()) == []
 
 
+def test_a_first_attempt_stopped_while_loading_its_data_starts_again(tmp_path):
+    """A kill before config.yaml leaves the run-directory lock alone (with or without a temporary config.yaml)."""
+    for leftovers in ([".ignite-app.lock"], [".ignite-app.lock", ".config.yaml.k3j9x.tmp"]):
+        out = tmp_path / str(len(leftovers))
+        out.mkdir()
+        for name in leftovers:
+            (out / name).write_bytes(b"")
+        assert auto_resume_dir(Config(output_dir=str(out))) is None
+        assert [p.name for p in out.iterdir()] == [".ignite-app.lock"]
+    (tmp_path / "1" / "notes.txt").write_text("mine")  # anything else: still not a run
+    with pytest.raises(UserError, match="holds files but no config.yaml"):
+        auto_resume_dir(Config(output_dir=str(tmp_path / "1")))
+
+
 def test_a_run_of_the_same_configuration_is_continued(tmp_path):
     run = saved_run(tmp_path / "run", lr=0.01, epochs=3)
     assert auto_resume_dir(Config(output_dir=str(run), lr=0.01, epochs=9)) == str(run)  # --epochs may change
