@@ -68,14 +68,15 @@ def _class_names(folder: Path) -> list[str]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files under ``folder`` and its subfolders, sorted, hidden ones skipped."""
+    """Image files under ``folder`` and its subfolders, sorted; hidden ones skipped, and so is anything but a regular
+    file (a FIFO named like an image blocks the first read forever; a broken link has nothing to read)."""
     if not folder.is_dir():
         return []
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / f for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
-    return sorted(found)
+    return sorted(p for p in found if p.is_file())
 
 
 def image_files(path: Path) -> list[Path]:

@@ -82,6 +82,15 @@ def test_flat_folder_classes_and_a_stratified_split(folder):
     assert x.dtype == torch.uint8 and x.shape == (3, 8, 8)
 
 
+def test_fifos_and_broken_links_named_like_images_are_not_images(folder):
+    os.mkfifo(folder / "cat" / "zzz.png")  # opening it would block until someone writes
+    (folder / "dog" / "gone.png").symlink_to(folder / "nowhere.png")
+    (folder / "dog" / "link.png").symlink_to(folder / "dog" / "01.png")  # a link to an image stays one
+    names = sorted(Path(f.path).name for f in scan_folder(folder).files)
+    assert "zzz.png" not in names and "gone.png" not in names and "link.png" in names
+    assert len(names) == 32
+
+
 def test_stratified_split_is_seeded_and_keeps_every_class():
     labels = np.repeat(np.arange(4), [50, 5, 2, 1])
     train, val = stratified_split(labels, 0.2, seed=0)
