@@ -18,6 +18,7 @@ from ignite_app.errors import UserError
 # What Pillow reads without plugins; a file with another suffix is not an image and is ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+DEFAULT_SIZE_RANGE = (4, 1024)  # a first image outside it does not choose the size: 9000 px made an 11 GB run
 TRAIN, VAL = 0, 1
 
 
@@ -100,11 +101,24 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def first_image_size(path: Path) -> int:
-    """The shorter side of the image at ``path`` (the default ``--image-size``)."""
+    """The shorter side of the image at ``path`` (the default ``--image-size``), read from its header.
+
+    An unreadable image, or one whose side is outside :data:`DEFAULT_SIZE_RANGE` (one odd file in a
+    folder, or a small file that declares a huge image), is refused: ``--image-size`` decides then.
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
-        return min(img.size)
+    low, high = DEFAULT_SIZE_RANGE
+    try:
+        with Image.open(path) as img:
+            side = min(img.size)
+    except Exception as exc:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError for truncated files
+        raise UserError(f"imagefolder: cannot read {path}, whose size would set the default --image-size "
+                        f"({type(exc).__name__}); pass --image-size N, or remove the file") from None
+    if not low <= side <= high:
+        raise UserError(f"imagefolder: {path} is {img.size[0]}x{img.size[1]} pixels, so its shorter side ({side}) "
+                        f"cannot be the default --image-size ({low}-{high}); pass --image-size N")
+    return side
 
 
 def is_gray(path: Path) -> bool:

@@ -91,6 +91,25 @@ def test_fifos_and_broken_links_named_like_images_are_not_images(folder):
     assert len(names) == 32
 
 
+@pytest.mark.parametrize("first, match", [
+    ((9000, 9000), "is 9000x9000 pixels, so its shorter side (9000) cannot be the default --image-size (4-1024); pass --image-size N"),
+    ((50, 1), "is 50x1 pixels, so its shorter side (1) cannot be the default --image-size"),
+    (None, "-first.png, whose size would set the default --image-size (UnidentifiedImageError); pass --image-size N"),
+])
+def test_a_first_image_that_cannot_set_the_default_size_is_one_error_line(folder, tmp_path, first, match):
+    from PIL import Image
+
+    path = folder / "cat" / "-first.png"  # sorts before 00.jpg
+    if first is None:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    else:
+        Image.new("L", first).save(path)  # all zeros: a small file, even at 9000x9000
+    result = invoke_app("train", "--no-progress", "--dataset", f"imagefolder:{folder}", "--output-dir", str(tmp_path / "run"))
+    assert_one_error_line(result.exit_code, result.stderr, result.output, match)
+    assert not (tmp_path / "run").exists()
+    assert not (folder / ".ignite_app_cache").exists() or not list((folder / ".ignite_app_cache").glob("*.npy"))
+
+
 def test_stratified_split_is_seeded_and_keeps_every_class():
     labels = np.repeat(np.arange(4), [50, 5, 2, 1])
     train, val = stratified_split(labels, 0.2, seed=0)
