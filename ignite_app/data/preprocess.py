@@ -407,9 +407,15 @@ def _as_numbers(column: Any, where: str) -> np.ndarray:
 
 
 def _as_words(column: Any) -> np.ndarray:
+    """A column the model knows as text: its cells as written (None where missing)."""
     if column.is_text:
         return column.text
-    return np.array([None if np.isnan(v) else label_name(v) for v in column.numbers], dtype=object)
+    missing = np.isnan(column.numbers)
+    if column.raw is not None:
+        words = column.raw.copy()
+        words[missing] = None
+        return words
+    return np.array([None if m else label_name(v) for v, m in zip(column.numbers, missing)], dtype=object)
 
 
 def _rows(features: list, y: np.ndarray, target_names: list[str], n: int) -> RawRows:

@@ -32,11 +32,16 @@ HEADER_EVIDENCE_ROWS = 1000  # rows looked at to decide whether the first one is
 
 @dataclass
 class Column:
-    """One column: ``numbers`` (float64, NaN where missing) or ``text`` (str, None where missing)."""
+    """One column: ``numbers`` (float64, NaN where missing) or ``text`` (str, None where missing).
+
+    A column of numbers keeps its cells as written in ``raw`` too: a model that knows the column as text
+    (codes such as ``007``) reads those, not the numbers' names (``7``, an unseen category).
+    """
 
     name: str
     numbers: np.ndarray | None = None
     text: np.ndarray | None = None
+    raw: np.ndarray | None = None  # object array of the stripped cells, beside ``numbers``
 
     @property
     def is_text(self) -> bool:
@@ -53,7 +58,7 @@ class Column:
         """The column restricted to ``rows``."""
         if self.text is not None:
             return Column(self.name, text=self.text[rows])
-        return Column(self.name, numbers=self.numbers[rows])
+        return Column(self.name, numbers=self.numbers[rows], raw=None if self.raw is None else self.raw[rows])
 
 
 @dataclass
@@ -239,7 +244,7 @@ def _parse_column(name: str, cells: pd.Series, path: Path, header: bool, index: 
         row = int(np.argmax(np.isinf(numbers)))
         raise UserError(f"CSV file {str(path)!r}: infinite value in row {row + 1 + int(header)}, column {index + 1} ({name!r}); "
                         "use a finite number or leave the cell empty")
-    return Column(name, numbers=numbers)
+    return Column(name, numbers=numbers, raw=text.to_numpy(dtype=object))
 
 
 def _drop_index_column(table: Table) -> Table:

@@ -448,3 +448,22 @@ def test_target_given_for_a_headerless_file_picks_that_column_and_keeps_the_othe
     assert np.array_equal(feature_rows(first, pre, "-4", "--input").numeric, x)
     with pytest.raises(UserError, match=r"--target '0,1' leaves 2 columns, but the model takes 3 feature columns"):
         feature_rows(first, pre, "0,1", "--input")
+
+
+def test_a_text_column_whose_new_cells_all_look_like_numbers_keeps_them_as_written(tmp_path):
+    """Codes such as 007 stay the category '007' at predict time (not '7', an unseen one), missing cells stay missing."""
+    from ignite_app.data.preprocess import feature_rows
+    from ignite_app.data.tabular import read_table
+
+    rng = np.random.default_rng(0)
+    code = rng.choice(["007", "012", "A12", "B7"], 80)
+    pd.DataFrame({"a": rng.normal(size=80), "code": code, "y": np.isin(code, ["007", "012"]).astype(int)}).to_csv(
+        tmp_path / "train.csv", index=False)
+    pre = load_splits(Config(dataset=f"csv:{tmp_path / 'train.csv'}")).preprocess
+    assert pre.text_names == ["code"] and sorted(pre.categories[0]) == ["007", "012", "A12", "B7"]
+    (tmp_path / "new.csv").write_text("a,code\n0.1,007\n0.2,012\n0.3,\n")
+    table = read_table(tmp_path / "new.csv", "--input", None)
+    assert not table.columns[1].is_text  # this file alone reads as numbers
+    assert feature_rows(table, pre, None, "--input").text[:, 0].tolist() == ["007", "012", None]
+    subset = table.take(np.array([1, 2]))
+    assert feature_rows(subset, pre, None, "--input").text[:, 0].tolist() == ["012", None]
