@@ -74,7 +74,7 @@ def load_or_build(scan: FolderScan, size: int | None, cache_dir: str | None, str
     folder = cache_folder(scan.root, cache_dir)
     key = folder_key(scan, size)
     stem = folder / f"images-{size}px"
-    cache = read_cache(stem, key)
+    cache = read_cache(stem, key, len(scan.classes))
     if cache is None:
         cache = build_cache(scan, size, stem, key, strict, warn)
     if cache.skipped:
@@ -82,8 +82,8 @@ def load_or_build(scan: FolderScan, size: int | None, cache_dir: str | None, str
     return cache
 
 
-def read_cache(stem: Path, key: str) -> ImageCache | None:
-    """The cache at ``stem`` if its JSON matches ``key`` and its array file is whole; else None."""
+def read_cache(stem: Path, key: str, num_classes: int) -> ImageCache | None:
+    """The cache at ``stem`` if its JSON matches ``key``, its array file is whole and its labels fit; else None."""
     try:
         meta = json.loads(stem.with_suffix(".json").read_text())
         if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
@@ -94,9 +94,14 @@ def read_cache(stem: Path, key: str) -> ImageCache | None:
         shape = tuple(int(d) for d in meta["shape"])
         if np.load(path, mmap_mode="r").shape != shape:
             return None
-        return ImageCache(path, np.asarray(meta["labels"], np.int64), np.asarray(meta["subsets"], np.int8), shape,
-                          int(meta["skipped"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        labels, subsets = np.asarray(meta["labels"], np.int64), np.asarray(meta["subsets"], np.int64)
+        # The JSON has no checksum: labels and subsets must still describe every row, with labels of this folder.
+        if labels.shape != (shape[0],) or subsets.shape != (shape[0],) or not np.isin(subsets, (TRAIN, VAL)).all():
+            return None
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            return None
+        return ImageCache(path, labels, subsets.astype(np.int8), shape, int(meta["skipped"]))
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
 
 

@@ -177,7 +177,7 @@ def test_cache_is_reused_then_rebuilt_when_a_file_changes(folder):
     assert not np.array_equal(before, changed.array())
 
 
-@pytest.mark.parametrize("damage", ["flip-a-byte", "truncate", "no-json", "bad-json"])
+@pytest.mark.parametrize("damage", ["flip-a-byte", "truncate", "no-json", "bad-json", "short-labels", "label-7", "subset-5"])
 def test_a_damaged_or_half_written_cache_is_rebuilt(folder, damage):
     lines: list[str] = []
     cache = load_or_build(scan_folder(folder), 8, None, False, lines.append)
@@ -191,11 +191,18 @@ def test_a_damaged_or_half_written_cache_is_rebuilt(folder, damage):
         cache.path.write_bytes(cache.path.read_bytes()[:-100])
     elif damage == "no-json":
         meta.unlink()
-    else:
+    elif damage == "bad-json":
         meta.write_text("{not json")
+    else:  # the JSON has no checksum: labels and subsets are checked against the rows and the classes
+        values = json.loads(meta.read_text())
+        key, change = {"short-labels": ("labels", lambda v: v[:10]), "label-7": ("labels", lambda v: [7] * len(v)),
+                       "subset-5": ("subsets", lambda v: [5] * len(v))}[damage]
+        values[key] = change(values[key])
+        meta.write_text(json.dumps(values))
     rebuilt = load_or_build(scan_folder(folder), 8, None, False, lines.append)
     assert decoded(lines) == 2
     assert np.array_equal(rebuilt.array(), want)
+    assert np.array_equal(rebuilt.labels, cache.labels) and np.array_equal(rebuilt.subsets, cache.subsets)
     assert json.loads(meta.read_text())["shape"] == [30, 3, 8, 8]
 
 
