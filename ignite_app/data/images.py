@@ -130,11 +130,17 @@ def is_gray(path: Path) -> bool:
 
 
 def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """The image as a (channels, size, size) uint8 array: shorter side resized to ``size``, center-cropped."""
+    """The image as a (channels, size, size) uint8 array: shorter side resized to ``size``, center-cropped.
+
+    16-bit grayscale (``I;16``, e.g. a 16-bit PNG) keeps its high byte: Pillow's own conversion to 8 bits
+    clips every value above 255, which turned such an image into two values.
+    """
     from PIL import Image
 
     with Image.open(path) as img:
         img.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode at a reduced scale when it can
+        if img.mode.startswith("I;16"):
+            img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), "L")
         img = img.convert("RGB" if channels == 3 else "L")
         width, height = img.size
         scale = size / min(width, height)

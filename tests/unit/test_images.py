@@ -110,6 +110,21 @@ def test_a_first_image_that_cannot_set_the_default_size_is_one_error_line(folder
     assert not (folder / ".ignite_app_cache").exists() or not list((folder / ".ignite_app_cache").glob("*.npy"))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_grayscale_png_keeps_its_range(tmp_path, channels):
+    from PIL import Image
+
+    from ignite_app.data.images import decode_image
+
+    ramp = np.linspace(0, 65535, 256).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    pixels = decode_image(tmp_path / "g16.png", 16, channels)
+    assert pixels.shape == (channels, 16, 16)
+    assert np.array_equal(pixels[0], (ramp >> 8).astype(np.uint8))  # every channel the same gray ramp, 0-255
+    assert np.array_equal(pixels[-1], pixels[0])
+
+
 def test_stratified_split_is_seeded_and_keeps_every_class():
     labels = np.repeat(np.arange(4), [50, 5, 2, 1])
     train, val = stratified_split(labels, 0.2, seed=0)
