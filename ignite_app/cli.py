@@ -262,6 +262,8 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
             f"--{key.replace('_', '-')} cannot change when resuming (run has {getattr(saved_cfg, key)!r}, "
             f"asked {getattr(cfg, key)!r}); start a new run with --output-dir instead"
         )
+    if cfg.class_weights == "auto" and isinstance(saved_cfg.class_weights, tuple):
+        cfg = cfg.replace(class_weights=saved_cfg.class_weights)  # the weights the run found, not found again
     return cfg
 
 

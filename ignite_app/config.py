@@ -183,7 +183,15 @@ def changed_fixed_key(saved: Config, asked: Config) -> str | None:
     batch_size is left out: it may change with the number of processes (train.resume.check_global_batch
     compares the global batch instead).
     """
-    return next((k for k in RESUME_FIXED_KEYS if k != "batch_size" and getattr(saved, k) != getattr(asked, k)), None)
+    return next((k for k in RESUME_FIXED_KEYS if k != "batch_size" and not _same_on_resume(k, getattr(saved, k), getattr(asked, k))),
+                None)
+
+
+def _same_on_resume(key: str, saved: Any, asked: Any) -> bool:
+    """Whether a fixed key keeps its value: ``--class-weights auto`` is the run's own, saved as the weights it found."""
+    if key == "class_weights" and asked == "auto" and isinstance(saved, tuple):
+        return True
+    return saved == asked
 
 
 def config_keys() -> tuple[str, ...]:

@@ -79,3 +79,21 @@ def test_class_weights_on_regression_is_one_error_line(tmp_path):
 def test_bad_class_weights_are_user_errors(value):
     with pytest.raises(UserError, match="invalid --class-weights"):
         Config(class_weights=value)
+
+
+def test_the_same_command_with_class_weights_auto_resumes_its_run(tmp_path):
+    """--class-weights auto is saved as the weights it found; rerunning the command (--resume auto, a retry) continues."""
+    run = tmp_path / "run"
+    command = ["train", "--no-progress", "--model", "mlp", "--class-weights", "auto", "--output-dir", str(run), "--resume", "auto"]
+    first = invoke_app(*command, "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    weights = yaml.safe_load((run / "config.yaml").read_text())["class_weights"]
+    assert isinstance(weights, list) and len(weights) == 10
+    again = invoke_app(*command, "--epochs", "2")
+    assert again.exit_code == 0, again.output
+    assert "epoch   2/2" in again.output
+    explicit = invoke_app("train", "--no-progress", "--resume", str(run), "--class-weights", "auto", "--epochs", "3")
+    assert explicit.exit_code == 0, explicit.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["class_weights"] == weights
+    other = invoke_app("train", "--no-progress", "--resume", str(run), "--class-weights", "none", "--epochs", "4")
+    assert other.exit_code == 2 and "--class-weights cannot change when resuming" in other.output
