@@ -80,6 +80,27 @@ def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> 
             f"the model outputs {got} per batch but this {spec.task} data needs {expected} "
             f"({spec.num_outputs} {'classes' if spec.task == 'classification' else 'targets'}); adjust the model"
         )
+    check_model_trains(model, sample, out)
+
+
+def check_model_trains(model: nn.Module, sample: torch.Tensor, out: torch.Tensor) -> None:
+    """One line, before anything is written, for a model that the training step could not train (a traceback before)."""
+    if not out.is_floating_point():
+        raise UserError(f"the model outputs {str(out.dtype).removeprefix('torch.')} values, but the loss needs floating-point "
+                        "outputs (logits or predicted values); return those, not e.g. an argmax")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("the model has no trainable parameters (none, or all with requires_grad=False); "
+                        "give it parameters to train")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            needs_grad = model(sample).requires_grad
+    finally:
+        model.train(was_training)
+    if not needs_grad:
+        raise UserError("the model's output does not depend on its trainable parameters (is it detached, or computed "
+                        "under no_grad?); return the output of its layers")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -136,6 +136,40 @@ def test_check_model_fits_catches_a_non_tensor_output():
         check_model_fits(Pair(), VECTORS, torch.zeros(2, 7))
 
 
+class _Frozen(nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(7, 2)
+        self.requires_grad_(False)
+
+
+class _Detached(nn.Linear):
+    def forward(self, x):
+        return super().forward(x).detach()
+
+
+class _Integers(nn.Linear):
+    def forward(self, x):
+        return super().forward(x).long()
+
+
+class _NoParameters(nn.Module):
+    def forward(self, x):
+        return x[:, :2]
+
+
+@pytest.mark.parametrize("model, match", [
+    (_Frozen(), r"^the model has no trainable parameters \(none, or all with requires_grad=False\); give it parameters to train$"),
+    (_NoParameters(), r"^the model has no trainable parameters"),
+    (_Detached(7, 2), r"^the model's output does not depend on its trainable parameters \(is it detached, or computed under no_grad\?\)"),
+    (_Integers(7, 2), r"^the model outputs int64 values, but the loss needs floating-point outputs"),
+])
+def test_check_model_fits_refuses_a_model_the_step_could_not_train(model, match):
+    model.train()
+    with pytest.raises(UserError, match=match):
+        check_model_fits(model, VECTORS, torch.zeros(2, 7))
+    assert model.training
+
+
 def test_check_model_fits_names_a_dtype_mismatch():
     with pytest.raises(UserError, match=r"the dataset gives float64 inputs but the model's parameters are float32; "
                                         r"return float32 tensors from the dataset"):
