@@ -262,6 +262,11 @@ def _resume_config(resume: Path, file_values: dict[str, Any], flags: dict[str, A
             f"--{key.replace('_', '-')} cannot change when resuming (run has {getattr(saved_cfg, key)!r}, "
             f"asked {getattr(cfg, key)!r}); start a new run with --output-dir instead"
         )
+    if saved_cfg.lr_schedule in ("cosine", "onecycle") and cfg.epochs > saved_cfg.epochs:
+        raise UserError(  # its scheduler, restored from the checkpoint, keeps the old length: cosine rises again, onecycle stays ~0
+            f"--epochs {cfg.epochs}: this run's {saved_cfg.lr_schedule} schedule is laid out over its {saved_cfg.epochs} epochs "
+            "and cannot be stretched; resume with at most that many, or start a new run with --output-dir"
+        )
     if cfg.class_weights == "auto" and isinstance(saved_cfg.class_weights, tuple):
         cfg = cfg.replace(class_weights=saved_cfg.class_weights)  # the weights the run found, not found again
     return cfg

@@ -97,3 +97,19 @@ def test_the_same_command_with_class_weights_auto_resumes_its_run(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["class_weights"] == weights
     other = invoke_app("train", "--no-progress", "--resume", str(run), "--class-weights", "none", "--epochs", "4")
     assert other.exit_code == 2 and "--class-weights cannot change when resuming" in other.output
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_more_epochs_on_resume_are_refused_for_a_schedule_laid_out_over_the_run(tmp_path, schedule):
+    """A cosine or one-cycle scheduler keeps its length on resume: more epochs would raise (cosine) or freeze (onecycle) the lr."""
+    run = tmp_path / "run"
+    first = invoke_app("train", "--no-progress", "--model", "mlp", "--lr-schedule", schedule, "--epochs", "1",
+                       "--output-dir", str(run))
+    assert first.exit_code == 0, first.output
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    more = invoke_app("train", "--no-progress", "--resume", str(run), "--epochs", "2")
+    assert_one_error_line(more.exit_code, more.stderr, more.output,
+                          f"--epochs 2: this run's {schedule} schedule is laid out over its 1 epochs and cannot be stretched")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    same = invoke_app("train", "--no-progress", "--resume", str(run), "--epochs", "1")
+    assert same.exit_code == 0 and "already" in same.output
