@@ -174,12 +174,16 @@ class Floor:
         """One training epoch and one validation pass."""
         from plain_loop import validate
 
+        self.train_steps()
+        validate(self.model, self.loss_fn, self.val_batches, self.device)
+
+    def train_steps(self) -> None:
+        """forward / loss / backward / fused Adam step over every pre-sliced training batch."""
         self.model.train()
         for x, y in self.train_batches:
             self.optimizer.zero_grad()
             self.loss_fn(self.model(x), y).backward()
             self.optimizer.step()
-        validate(self.model, self.loss_fn, self.val_batches, self.device)
 
     def on_first_iteration(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the first training batch is taken."""
@@ -678,6 +682,8 @@ def overhead_run(args: argparse.Namespace) -> None:
     The whole floor and the whole in-memory path run in the same rounds, so the sum of the parts can
     be compared with the measured whole (their difference is what the parts do to each other: caches).
     """
+    from types import SimpleNamespace
+
     import torch
     from plain_loop import validate
 
@@ -712,16 +718,11 @@ def overhead_run(args: argparse.Namespace) -> None:
             "ignite_val": lambda: evaluate(parts.run.val_loader), "engine": parts.epoch,
             "floor": floor.epoch, "memory": whole.epoch,
         }
-        cpu: dict[str, list[float]] = {name: [] for name in runs}
-        for round_ in range(args.warmup + args.epochs):
-            names = list(runs)
-            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-                done = len(val_cpu)
-                seconds = timed(runs[name], device)[1]
-                if round_ >= args.warmup:
-                    cpu[name].append(seconds - sum(val_cpu[done:]))  # the engine part without its validation
+        timings = interleave({name: SimpleNamespace(epoch=run) for name, run in runs.items()}, args.warmup, args.epochs, device)  # type: ignore[misc]
         for variant in (whole, parts):
             variant.close()
+    cpu = timings.cpu  # the engine part without its validation: one timed evaluation per engine epoch, warm-up included
+    cpu["engine"] = [seconds - val for seconds, val in zip(cpu["engine"], val_cpu[args.warmup:])]
     report_overhead(args, cpu)
 
 
@@ -736,14 +737,7 @@ def step_runners(floor: Floor, update: Callable[[Any, Any], Any]) -> tuple[Calla
             engine.state.iteration += 1
             update(engine, batch)
 
-    def floor_steps() -> None:
-        floor.model.train()
-        for x, y in floor.train_batches:
-            floor.optimizer.zero_grad()
-            floor.loss_fn(floor.model(x), y).backward()
-            floor.optimizer.step()
-
-    return floor_steps, ignite_steps
+    return floor.train_steps, ignite_steps
 
 
 def report_overhead(args: argparse.Namespace, cpu: dict[str, list[float]]) -> None:
