@@ -55,7 +55,8 @@ def _thaw(value: Any) -> Any:
 
 
 def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> None:
-    """Run one sample batch through the model and check the output shape, before any training."""
+    """Run one sample batch through the model (in eval mode, recording gradients as the step will) and check its
+    output, before any training."""
     param = next(model.parameters(), None)
     if param is not None and sample.is_floating_point() and param.is_floating_point() and sample.dtype != param.dtype:
         got, want = (str(t.dtype).removeprefix("torch.") for t in (sample, param))
@@ -64,7 +65,7 @@ def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # one forward answers both: the output's shape and whether it can be trained
             out = model(sample)
     except Exception as exc:
         raise UserError(
@@ -80,10 +81,10 @@ def check_model_fits(model: nn.Module, spec: DataSpec, sample: torch.Tensor) -> 
             f"the model outputs {got} per batch but this {spec.task} data needs {expected} "
             f"({spec.num_outputs} {'classes' if spec.task == 'classification' else 'targets'}); adjust the model"
         )
-    check_model_trains(model, sample, out)
+    check_model_trains(model, out)
 
 
-def check_model_trains(model: nn.Module, sample: torch.Tensor, out: torch.Tensor) -> None:
+def check_model_trains(model: nn.Module, out: torch.Tensor) -> None:
     """One line, before anything is written, for a model that the training step could not train (a traceback before)."""
     if not out.is_floating_point():
         raise UserError(f"the model outputs {str(out.dtype).removeprefix('torch.')} values, but the loss needs floating-point "
@@ -91,14 +92,7 @@ def check_model_trains(model: nn.Module, sample: torch.Tensor, out: torch.Tensor
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameters (none, or all with requires_grad=False); "
                         "give it parameters to train")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            needs_grad = model(sample).requires_grad
-    finally:
-        model.train(was_training)
-    if not needs_grad:
+    if not out.requires_grad:
         raise UserError("the model's output does not depend on its trainable parameters (is it detached, or computed "
                         "under no_grad?); return the output of its layers")
 
